@@ -1,0 +1,158 @@
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trajectory_transformer import behavior, mazes
+from trajectory_transformer.config import parse
+from trajectory_transformer.datasets import (
+    DatasetSpec, FetchSpec, ObservationSpec, fetch, load_transitions, open_dataset, summary,
+)
+from trajectory_transformer.errors import PipelineError
+
+
+def digest(folder: Path) -> str:
+    md5 = hashlib.md5()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            md5.update(path.relative_to(folder).as_posix().encode())
+            md5.update(path.read_bytes())
+    return md5.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def umaze(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "umaze"
+    fetch(FetchSpec(source="generate", generator="pointmaze", maze="umaze", transitions=3000, reference_episodes=3), "umaze", out)
+    return out
+
+
+@pytest.mark.parametrize("maze", ["umaze", "medium"])
+def test_pointmaze_expert_reaches_the_evaluation_goal(maze):
+    """The data policy itself (noise included) solves the evaluation task in >= 95% of episodes."""
+    reached = 0
+    for episode in range(20):
+        env = mazes.make_evaluation_env(maze)
+        obs, _ = env.reset(seed=episode)
+        rng = np.random.default_rng(episode)
+        expert = mazes.WaypointExpert(env.unwrapped, mazes.LAYOUTS[maze], rng)
+        for _ in range(mazes.EPISODE_STEPS[maze]):
+            state = obs["observation"]
+            action = expert.action(state[:2], state[2:], env.evaluation_goal) + rng.normal(0, 0.5, 2)
+            obs, _, _, _, info = env.step(np.clip(action, -1, 1))
+            if info["success"]:
+                reached += 1
+                break
+    assert reached >= 19
+
+
+def test_q_iteration_heads_along_the_corridor():
+    values = mazes.q_iteration(mazes.LAYOUTS["umaze"], (1, 1))
+    # from the bottom-left cell the only way to the top-left goal is around the U
+    assert mazes.next_cell(mazes.LAYOUTS["umaze"], values, (3, 1)) == (3, 2)
+    assert mazes.next_cell(mazes.LAYOUTS["umaze"], values, (1, 3)) == (1, 2)
+
+
+def test_continuing_run_is_cut_at_each_success(umaze):
+    episodes = list(open_dataset(umaze).iterate_episodes())
+    assert len(episodes) > 5
+    for episode in episodes[:-1]:
+        assert episode.truncations[-1] and not episode.terminations.any()
+        final = episode.observations
+        assert mazes.goal_reached(final["achieved_goal"][-1], final["desired_goal"][-1])
+    # consecutive episodes continue one run: each starts where the previous ended
+    for before, after in zip(episodes, episodes[1:]):
+        assert np.array_equal(before.observations["observation"][-1], after.observations["observation"][0])
+
+
+def test_offline_rl_task_hides_the_goal_and_rewards_the_evaluation_goal(umaze):
+    data = load_transitions(umaze, ObservationSpec(task="offline-rl", observation_keys=["observation"]))
+    assert data.observations.shape[1] == 4
+    goal = mazes.evaluation_goal("umaze")
+    # reward t is for the position reached after action t: the next row's position
+    next_position = np.roll(data.observations[:, :2], -1, axis=0)
+    inside = ~(data.timeouts | data.terminals)
+    expected = mazes.goal_reached(next_position, goal)
+    assert np.array_equal(data.rewards[inside].astype(bool), expected[inside])
+    assert 0 < data.rewards.sum() < len(data.rewards)
+
+
+def test_goal_conditioned_task_appends_each_episodes_own_goal(umaze):
+    spec = ObservationSpec(task="goal-conditioned", observation_keys=["observation", "desired_goal"])
+    data = load_transitions(umaze, spec)
+    assert data.observations.shape[1] == 6
+    episodes = list(open_dataset(umaze).iterate_episodes())
+    first_length = len(episodes[1].actions)
+    start = len(episodes[0].actions)
+    goals = data.observations[start : start + first_length, 4:]
+    assert np.all(goals == goals[0])  # one goal for the whole episode, its first row included
+    assert np.allclose(goals[0], episodes[1].observations["desired_goal"][-1])
+    # each episode but the last ends by reaching its own goal
+    ends = np.flatnonzero(data.timeouts)[:-1]
+    assert np.all(data.rewards[ends] == 1.0)
+
+
+def test_goal_conditioned_task_needs_the_goal_in_the_observation(umaze):
+    with pytest.raises(PipelineError, match="desired_goal"):
+        load_transitions(umaze, ObservationSpec(task="goal-conditioned", observation_keys=["observation"]))
+
+
+def test_generation_is_byte_identical(tmp_path, umaze):
+    spec = FetchSpec(source="generate", generator="pointmaze", maze="umaze", transitions=3000, reference_episodes=3)
+    fetch(spec, "umaze", tmp_path / "again")
+    assert digest(tmp_path / "again") == digest(umaze)
+    reacher = FetchSpec(source="generate", generator="reacher", quality="medium-expert", episodes=10, reference_episodes=2)
+    fetch(reacher, "r", tmp_path / "r1")
+    fetch(reacher, "r", tmp_path / "r2")
+    assert digest(tmp_path / "r1") == digest(tmp_path / "r2")
+
+
+def test_reacher_qualities_are_ordered_by_mean_return(tmp_path):
+    scores = {}
+    for quality in ("random", "medium-replay", "medium", "medium-expert", "expert"):
+        spec = FetchSpec(source="generate", generator="reacher", quality=quality, episodes=40, reference_episodes=20)
+        fetch(spec, quality, tmp_path / quality)
+        scores[quality] = summary(tmp_path / quality)["normalized_score"]
+    ordered = [scores[q] for q in ("random", "medium-replay", "medium", "medium-expert", "expert")]
+    assert ordered == sorted(ordered), scores
+    assert abs(scores["random"]) < 15 and scores["expert"] > 80
+
+
+def test_reacher_expert_beats_random_by_a_wide_margin():
+    env_rng = np.random.default_rng(0)
+    import gymnasium as gym
+    env = gym.make("Reacher-v5")
+    obs, _ = env.reset(seed=0)
+    total = 0.0
+    for _ in range(50):
+        obs, reward, *_ = env.step(behavior.REACHER_EXPERT(obs, env_rng))
+        total += reward
+    assert total > -15  # a random policy scores about -43
+
+
+def test_unknown_minari_id_is_one_clear_line():
+    spec = FetchSpec(source="minari", minari_id="hopper-medium")
+    with pytest.raises(PipelineError, match="unknown dataset id 'hopper-medium'"):
+        spec.check("datasets.x.fetch")
+
+
+def test_no_network_and_nothing_cached_leaves_no_output(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # nothing listens: no download
+    spec = FetchSpec(source="minari", minari_id="mujoco/hopper/medium-v0")
+    with pytest.raises(PipelineError) as error:
+        fetch(spec, "hopper-medium", tmp_path / "out")
+    message = str(error.value)
+    assert "mujoco/hopper/medium-v0 could not be downloaded" in message
+    assert "dvc pull" in message and "suite=offline" in message and "\n" not in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_params_of_the_wrong_type_are_named():
+    with pytest.raises(PipelineError, match=r"datasets.x.fetch.episodes: expected an integer or null, got 'ten'"):
+        parse(DatasetSpec, {"fetch": {"source": "generate", "episodes": "ten"}}, "datasets.x")
+    with pytest.raises(PipelineError, match=r"datasets.x.fetch.source: expected one of 'minari', 'generate', got 'web'"):
+        parse(DatasetSpec, {"fetch": {"source": "web"}}, "datasets.x")
+    with pytest.raises(PipelineError, match="unknown key 'epsiodes'"):
+        parse(DatasetSpec, {"fetch": {"source": "generate", "epsiodes": 3}}, "datasets.x")

@@ -1,0 +1,56 @@
+"""The DVC pipeline end to end, on the smoke suite, in a throw-away git repository."""
+
+import json
+import sys
+
+import yaml
+
+
+def test_suite_switch_and_incremental_reruns(project):
+    # the documented switch: DVC composes params.yaml from conf/ and runs the smoke suite
+    project.dvc("exp", "run", "-S", "suite=smoke", "fetch", "discretize")
+    params = yaml.safe_load((project.path / "params.yaml").read_text())
+    assert params["suite_name"] == "smoke" and set(params["datasets"]) == {"pointmaze-umaze", "reacher-medium"}
+    shown = json.loads(project.dvc("exp", "show", "--json").stdout)
+    assert "smoke" in json.dumps(shown)
+    metrics = json.loads((project.path / "reports/datasets/reacher-medium.json").read_text())
+    assert metrics["episodes"] == 40 and metrics["transitions"] == 2000
+
+    # nothing changed: nothing runs
+    assert project.stages_run() == []
+
+    # a discretizer param reruns discretize, never fetch
+    params["discretize"]["n_bins"] = 10
+    (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert project.stages_run() == ["discretize@pointmaze-umaze", "discretize@reacher-medium"]
+    summary = json.loads((project.path / "data/discretized/reacher-medium/summary.json").read_text())
+    assert summary["vocab_size"] == 11
+
+    # one dataset's fetch params rerun that dataset only
+    params["datasets"]["reacher-medium"]["fetch"]["episodes"] = 30
+    (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert project.stages_run() == ["discretize@reacher-medium", "fetch@reacher-medium"]
+    assert project.stages_run() == []
+
+
+def test_an_unknown_suite_is_refused(project):
+    result = project.dvc("exp", "run", "-S", "suite=nonexistent", check=False)
+    assert result.returncode != 0
+    assert "suite/nonexistent" in result.stderr + result.stdout
+
+
+def test_bad_params_stop_a_stage_with_one_line(project):
+    project.compose("smoke")
+    fetch = [sys.executable, "stages/fetch.py", "--out", "data/raw/x", "--metrics", "reports/x.json"]
+    result = project.run(*fetch, "--dataset", "no-such-dataset", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: params: no 'no-such-dataset' in datasets (known: pointmaze-umaze, reacher-medium)")
+
+    params = yaml.safe_load((project.path / "params.yaml").read_text())
+    params["datasets"]["reacher-medium"]["fetch"]["source"] = "ftp"
+    (project.path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = project.run(*fetch, "--dataset", "reacher-medium", check=False)
+    assert result.returncode == 1
+    assert "datasets.reacher-medium.fetch.source: expected one of 'minari', 'generate', got 'ftp'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (project.path / "data/raw/x").exists()

@@ -1,0 +1,108 @@
+"""Typed parameter sections: every stage reads its params into one dataclass, checked here.
+
+A wrong key, a missing key or a value of the wrong type is one line naming the params path
+and the fix, never a traceback from deep inside the pipeline.
+"""
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+import yaml
+
+from trajectory_transformer.errors import PipelineError
+
+T = TypeVar("T")
+
+
+def load_params(path: str | Path = "params.yaml") -> dict:
+    try:
+        with open(path) as f:
+            params = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise PipelineError(f"{path} not found: run from the project root") from None
+    except yaml.YAMLError as error:
+        raise PipelineError(f"{path} is not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(params, dict):
+        raise PipelineError(f"{path} must hold a mapping of sections")
+    return params
+
+
+def section(params: dict, dotted: str) -> Any:
+    """params['a']['b'] for 'a.b', with a clear error when a key is missing."""
+    node = params
+    for depth, key in enumerate(dotted.split(".")):
+        if not isinstance(node, dict) or key not in node:
+            where = ".".join(dotted.split(".")[:depth]) or "params.yaml"
+            known = sorted(node) if isinstance(node, dict) else []
+            raise PipelineError(f"params: no '{key}' in {where} (known: {', '.join(map(str, known))})")
+        node = node[key]
+    return node
+
+
+def _describe(annotation) -> str:
+    if get_origin(annotation) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(annotation))
+    if get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(annotation))
+    if get_origin(annotation) is list:
+        return f"a list of {_describe(get_args(annotation)[0])}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            type(None): "null"}.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _convert(value, annotation, where: str):
+    origin = get_origin(annotation)
+    if origin is Literal:
+        if value in get_args(annotation):
+            return value
+    elif origin in (typing.Union, types.UnionType):
+        for option in get_args(annotation):
+            try:
+                return _convert(value, option, where)
+            except PipelineError:
+                continue
+    elif origin is list:
+        if isinstance(value, list):
+            return [_convert(v, get_args(annotation)[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    elif dataclasses.is_dataclass(annotation):
+        return parse(annotation, value, where)
+    elif annotation is type(None):
+        if value is None:
+            return None
+    elif annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"unsupported params annotation {annotation!r}")
+    raise PipelineError(f"params {where}: expected {_describe(annotation)}, got {value!r}; fix it in params.yaml")
+
+
+def parse(cls: type[T], values, where: str) -> T:
+    """Build dataclass `cls` from a params mapping, checking keys and types."""
+    if not isinstance(values, dict):
+        raise PipelineError(f"params {where}: expected a mapping of {cls.__name__} fields, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise PipelineError(f"params {where}: unknown key '{unknown[0]}' (known: {', '.join(fields)})")
+    kwargs = {}
+    for name, field in fields.items():
+        key = f"{where}.{name}"
+        if name in values:
+            kwargs[name] = _convert(values[name], hints[name], key)
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise PipelineError(f"params {key} is missing: add it to params.yaml")
+    return cls(**kwargs)

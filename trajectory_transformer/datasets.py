@@ -1,0 +1,414 @@
+"""Datasets: download from Minari, generate offline in Minari format, and load as flat arrays.
+
+A dataset folder is a Minari dataset root (`data/metadata.json`, `data/main_data.hdf5`), so
+`minari.MinariDataset(folder / "data")` reads it and so does every tool that reads Minari.
+"""
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import gymnasium as gym
+import minari
+import numpy as np
+from minari.data_collector.callbacks import StepDataCallback
+from minari.utils import parse_dataset_id
+from tqdm import tqdm
+
+from trajectory_transformer import behavior, mazes
+from trajectory_transformer.errors import PipelineError
+
+QUALITIES = ("random", "medium", "medium-replay", "expert", "medium-expert")
+
+# D4RL's reference returns (random, expert); the Minari locomotion datasets carry none.
+D4RL_REFERENCE_RETURNS = {
+    "hopper": (-20.272305, 3234.3),
+    "halfcheetah": (-280.178953, 12135.0),
+    "walker2d": (1.629008, 4592.3),
+    "ant": (-325.6, 3879.7),
+}
+
+
+@dataclass
+class FetchSpec:
+    """Where a dataset comes from: `datasets.<name>.fetch` in params.yaml."""
+
+    source: Literal["minari", "generate"]
+    # minari: one id, or several to combine (medium-expert = medium + expert, as D4RL built it)
+    minari_id: str | list[str] | None = None
+    # generate
+    generator: Literal["pointmaze", "reacher"] | None = None
+    maze: str | None = None
+    quality: str | None = None
+    transitions: int | None = None  # pointmaze: length of the one continuing run
+    episodes: int | None = None  # reacher: episodes per quality
+    reference_episodes: int = 50  # episodes of the random and expert policies for ref scores
+    seed: int = 0
+
+    def check(self, where: str) -> None:
+        def need(field, why):
+            if getattr(self, field) is None:
+                raise PipelineError(f"params {where}.{field} is missing: {why}")
+
+        if self.source == "minari":
+            need("minari_id", "name a Minari dataset id, e.g. mujoco/hopper/medium-v0")
+            for dataset_id in np.atleast_1d(self.minari_id):
+                check_minari_id(str(dataset_id))
+            return
+        need("generator", "choose pointmaze or reacher")
+        if self.generator == "pointmaze":
+            need("maze", f"choose one of {sorted(mazes.LAYOUTS)}")
+            mazes.check_maze(self.maze)
+            need("transitions", "set the number of environment steps to generate")
+        else:
+            need("quality", f"choose one of {', '.join(QUALITIES)}")
+            if self.quality not in QUALITIES:
+                raise PipelineError(f"params {where}.quality: unknown quality '{self.quality}', choose one of {', '.join(QUALITIES)}")
+            need("episodes", "set the number of episodes to generate")
+        for field in ("transitions", "episodes", "reference_episodes"):
+            value = getattr(self, field)
+            if value is not None and value < 1:
+                raise PipelineError(f"params {where}.{field} must be at least 1, got {value}")
+
+
+def check_minari_id(dataset_id: str) -> None:
+    """Ids without a namespace and version cannot name a remote Minari dataset."""
+    try:
+        namespace, _, _ = parse_dataset_id(dataset_id)
+    except (ValueError, TypeError):  # malformed, or no version (Minari's parser fails on int(None))
+        namespace = None
+    if namespace is None:
+        raise PipelineError(
+            f"unknown dataset id '{dataset_id}': Minari ids look like mujoco/hopper/medium-v0 "
+            "or D4RL/antmaze/umaze-v1 (see `minari list remote`)"
+        )
+
+
+@contextlib.contextmanager
+def minari_root(path: Path):
+    """Point Minari's dataset root at `path` for the duration of the block."""
+    previous = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(Path(path).resolve())
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = previous
+
+
+def fetch(spec: FetchSpec, name: str, out_dir: Path) -> None:
+    """Write dataset `name` to `out_dir` atomically: on failure nothing is left behind."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as scratch:
+        scratch = Path(scratch)
+        with minari_root(scratch / "minari"):
+            if spec.source == "minari":
+                built = download(spec.minari_id, name)
+            elif spec.generator == "pointmaze":
+                built = generate_pointmaze(spec, name)
+            else:
+                built = generate_reacher(spec, name)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(built, out_dir)
+
+
+def local_id(name: str) -> str:
+    return f"pipeline/{name}-v0"
+
+
+def download(minari_ids: str | list[str], name: str) -> Path:
+    ids = [minari_ids] if isinstance(minari_ids, str) else list(minari_ids)
+    for dataset_id in ids:
+        try:
+            minari.download_dataset(dataset_id)
+        except Exception as error:
+            raise PipelineError(
+                f"dataset {dataset_id} could not be downloaded ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else 'no detail'}); either `dvc pull` "
+                "it from the project's remote, or run the offline suite: dvc exp run -S suite=offline"
+            ) from None
+    if len(ids) == 1:
+        return minari.storage.get_dataset_path(ids[0])
+    return combine([minari.load_dataset(i) for i in ids], name)
+
+
+def combine(datasets: list, name: str) -> Path:
+    """One dataset from several (D4RL's medium-expert), keeping their shared reference returns."""
+    combined = minari.combine_datasets(datasets, local_id(name))
+    references = {k: datasets[0].storage.metadata.get(k) for k in ("ref_min_score", "ref_max_score")}
+    if all(d.storage.metadata.get(k) == v for d in datasets for k, v in references.items()):
+        combined.storage.update_metadata({k: v for k, v in references.items() if v is not None})
+    return minari.storage.get_dataset_path(local_id(name))
+
+
+def split_at_success(evaluation_goal: np.ndarray) -> type[StepDataCallback]:
+    """A Minari step callback: one continuing PointMaze run, cut into an episode at each success
+    (REFERENCE.md 7), with rewards relabeled for the fixed evaluation goal (the D4RL
+    maze2d/AntMaze task): the data head for random goals, so imitating them does not solve the
+    evaluation task."""
+
+    class SplitAtSuccess(StepDataCallback):
+        def __call__(self, env, obs, info, action=None, rew=None, terminated=None, truncated=None):
+            step = super().__call__(env, obs, info, action, rew, terminated, truncated)
+            if action is not None:
+                step["reward"] = float(mazes.goal_reached(obs["achieved_goal"], evaluation_goal))
+                step["truncated"] = bool(truncated or info["success"])
+            return step
+
+    return SplitAtSuccess
+
+
+def generate_pointmaze(spec: FetchSpec, name: str) -> Path:
+    rng = np.random.default_rng(spec.seed)
+    goal = mazes.evaluation_goal(spec.maze)
+    env = mazes.make_env(spec.maze, reset_target=True, max_episode_steps=spec.transitions)
+    collector = minari.DataCollector(env, step_data_callback=split_at_success(goal))
+    expert = mazes.WaypointExpert(env.unwrapped, mazes.LAYOUTS[spec.maze], rng)
+    obs, _ = collector.reset(seed=int(rng.integers(2**31)))
+    for _ in tqdm(range(spec.transitions), desc=f"generate {name}", unit="step", mininterval=2):
+        state = obs["observation"]
+        action = expert.action(state[:2], state[2:], obs["desired_goal"])
+        action = np.clip(action + rng.normal(0.0, 0.5, size=2), -1.0, 1.0).astype(np.float32)
+        obs, *_ = collector.step(action)
+    low, high = pointmaze_reference_returns(spec.maze, spec.reference_episodes)
+    create_dataset(
+        collector,
+        name,
+        eval_env=mazes.make_evaluation_env(spec.maze).env.spec,
+        algorithm_name="waypoint expert: Q-iteration on cells, PD 10/1, N(0, 0.5^2) action noise",
+        description=(
+            f"PointMaze {spec.maze}: one continuing run of {spec.transitions} steps cut at each "
+            f"success; rewards relabeled for the fixed evaluation goal {goal.tolist()} "
+            f"(cell {mazes.EVALUATION_CELLS[spec.maze]['goal_cell']})"
+        ),
+        ref_min_score=low,
+        ref_max_score=high,
+    )
+    return minari.storage.get_dataset_path(local_id(name))
+
+
+def pointmaze_reference_returns(maze: str, episodes: int) -> tuple[float, float]:
+    """Mean evaluation-task return of uniform random actions and of the noise-free expert.
+
+    Seeded apart from the data (reference episode i resets with seed i), so every dataset of a
+    task shares the same reference returns."""
+    results = []
+    for policy in ("random", "expert"):
+        rng = np.random.default_rng(episodes)
+        returns = []
+        for episode in range(episodes):
+            env = mazes.make_evaluation_env(maze)
+            obs, _ = env.reset(seed=episode)
+            expert = mazes.WaypointExpert(env.unwrapped, mazes.LAYOUTS[maze], rng)
+            total, done = 0.0, False
+            while not done:
+                if policy == "random":
+                    action = behavior.uniform_random_action(rng, 2)
+                else:
+                    state = obs["observation"]
+                    action = np.clip(expert.action(state[:2], state[2:], env.evaluation_goal), -1, 1)
+                obs, reward, terminated, truncated, _ = env.step(action)
+                total += reward
+                done = terminated or truncated
+            returns.append(total)
+        results.append(float(np.mean(returns)))
+    return results[0], results[1]
+
+
+def generate_reacher(spec: FetchSpec, name: str) -> Path:
+    if spec.quality == "medium-expert":
+        parts = []
+        for offset, quality in enumerate(("medium", "expert")):
+            part = FetchSpec(**{**spec.__dict__, "quality": quality, "seed": spec.seed * 2 + offset})
+            parts.append(minari.MinariDataset(generate_reacher(part, f"{name}-{quality}") / "data"))
+        return combine(parts, name)
+    rng = np.random.default_rng(spec.seed)
+    collector = minari.DataCollector(gym.make("Reacher-v5"))
+    for _ in tqdm(range(spec.episodes), desc=f"generate {name}", unit="episode", mininterval=2):
+        obs, _ = collector.reset(seed=int(rng.integers(2**31)))
+        policy = behavior.ReacherBehavior(spec.quality, rng)
+        done = False
+        while not done:
+            obs, _, terminated, truncated, _ = collector.step(policy(obs).astype(np.float32))
+            done = terminated or truncated
+    low, high = reacher_reference_returns(spec.reference_episodes)
+    create_dataset(
+        collector,
+        name,
+        eval_env=None,
+        algorithm_name=f"scripted Jacobian-transpose PD controller, quality {spec.quality}",
+        description=f"Reacher-v5, {spec.episodes} episodes of the '{spec.quality}' behavior policy",
+        ref_min_score=low,
+        ref_max_score=high,
+    )
+    return minari.storage.get_dataset_path(local_id(name))
+
+
+def create_dataset(collector, name: str, **metadata) -> None:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is set to None", category=UserWarning)
+        collector.create_dataset(
+            dataset_id=local_id(name),
+            author="trajectory-transformer-pipeline",
+            code_permalink="trajectory_transformer/datasets.py",
+            **metadata,
+        )
+    collector.close()
+
+
+def reacher_reference_returns(episodes: int) -> tuple[float, float]:
+    """As `pointmaze_reference_returns`, for Reacher-v5."""
+    env = gym.make("Reacher-v5")
+    results = []
+    for policy in ("random", "expert"):
+        rng = np.random.default_rng(episodes)
+        returns = []
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=episode)
+            total, done = 0.0, False
+            while not done:
+                if policy == "random":
+                    action = behavior.uniform_random_action(rng, 2)
+                else:
+                    action = behavior.REACHER_EXPERT(obs, rng)
+                obs, reward, terminated, truncated, _ = env.step(action)
+                total += reward
+                done = terminated or truncated
+            returns.append(total)
+        results.append(float(np.mean(returns)))
+    return results[0], results[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+@dataclass
+class Transitions:
+    """All steps of a dataset, flat, in episode order (D4RL's layout)."""
+
+    observations: np.ndarray  # (T, N) float32
+    actions: np.ndarray  # (T, M) float32
+    rewards: np.ndarray  # (T,) float32
+    terminals: np.ndarray  # (T,) bool: a true end of the task
+    timeouts: np.ndarray  # (T,) bool: an episode cut without a terminal
+
+
+@dataclass
+class ObservationSpec:
+    """How a dataset's observations become one flat vector, and which reward the task uses.
+
+    `task: offline-rl` keeps the dataset's rewards; `task: goal-conditioned` recomputes the sparse
+    reward for each episode's own desired goal. Dict observations are flattened by concatenating
+    `observation_keys` in the listed order (PointMaze offline-RL: [observation]; goal-conditioned:
+    [observation, desired_goal]; AntMaze: [achieved_goal, observation], since its `observation`
+    lacks the x-y position). `observation_dims` keeps the first N dims (ant: 27).
+    """
+
+    task: Literal["offline-rl", "goal-conditioned"] = "offline-rl"
+    observation_keys: list[str] | None = None
+    observation_dims: int | None = None
+
+
+@dataclass
+class DatasetSpec:
+    """One entry of `datasets` in params.yaml: where the data come from and how they are read."""
+
+    fetch: FetchSpec
+    observation: ObservationSpec = dataclasses.field(default_factory=ObservationSpec)
+
+
+def open_dataset(folder: Path) -> "minari.MinariDataset":
+    path = Path(folder) / "data"
+    if not (path / "metadata.json").exists():
+        raise PipelineError(f"no dataset at {folder}: run `dvc repro` for its fetch stage, or `dvc pull`")
+    return minari.MinariDataset(path)
+
+
+def reference_returns(dataset) -> tuple[float, float]:
+    """(random, expert) returns: the dataset's own, else D4RL's for its environment."""
+    metadata = dataset.storage.metadata
+    if metadata.get("ref_min_score") is not None and metadata.get("ref_max_score") is not None:
+        return float(metadata["ref_min_score"]), float(metadata["ref_max_score"])
+    env_spec = dataset.spec.env_spec
+    env_name = env_spec.id.split("-")[0].lower() if env_spec else ""
+    if env_name in D4RL_REFERENCE_RETURNS:
+        return D4RL_REFERENCE_RETURNS[env_name]
+    raise PipelineError(f"dataset {dataset.spec.dataset_id} has no reference returns and none are known for its env")
+
+
+def normalized_score(returns, reference: tuple[float, float]) -> np.ndarray:
+    """100 (return - random) / (expert - random), as D4RL reports it."""
+    low, high = reference
+    return 100.0 * (np.asarray(returns, dtype=np.float64) - low) / (high - low)
+
+
+def flatten_observations(observations, spec: ObservationSpec, where: str) -> np.ndarray:
+    if isinstance(observations, dict):
+        keys = spec.observation_keys
+        if not keys:
+            raise PipelineError(f"{where}: dict observations need observation_keys, choose from {sorted(observations)}")
+        missing = [k for k in keys if k not in observations]
+        if missing:
+            raise PipelineError(f"{where}: observation key '{missing[0]}' not in the dataset, choose from {sorted(observations)}")
+        flat = np.concatenate([np.asarray(observations[k]).reshape(len(observations[k]), -1) for k in keys], axis=1)
+    else:
+        flat = np.asarray(observations).reshape(len(observations), -1)
+    if spec.observation_dims is not None:
+        flat = flat[:, : spec.observation_dims]
+    return flat.astype(np.float32)
+
+
+def load_transitions(folder: Path, spec: ObservationSpec, where: str = "dataset") -> Transitions:
+    dataset = open_dataset(folder)
+    if spec.task == "goal-conditioned" and "desired_goal" not in (spec.observation_keys or []):
+        raise PipelineError(f"{where}: a goal-conditioned task needs desired_goal in observation_keys")
+    parts = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts")}
+    for episode in dataset.iterate_episodes():
+        observations = episode.observations
+        rewards = np.asarray(episode.rewards, dtype=np.float32)
+        if spec.task == "goal-conditioned":
+            # The row that starts a continuing run's next episode still carries the previous goal
+            # (the env moves the goal after building it): the episode's goal is its last row's.
+            goal = np.asarray(observations["desired_goal"][-1])
+            observations = {**observations, "desired_goal": np.broadcast_to(goal, observations["desired_goal"].shape)}
+            rewards = mazes.goal_reached(observations["achieved_goal"][1:], goal).astype(np.float32)
+        steps = len(episode.actions)
+        terminals = np.asarray(episode.terminations, dtype=bool)
+        timeouts = np.asarray(episode.truncations, dtype=bool) & ~terminals
+        timeouts[-1] |= not terminals[-1]  # every episode ends: an unmarked end is a time-out
+        parts["observations"].append(flatten_observations(observations, spec, where)[:steps])
+        parts["actions"].append(np.asarray(episode.actions, dtype=np.float32).reshape(steps, -1))
+        parts["rewards"].append(rewards)
+        parts["terminals"].append(terminals)
+        parts["timeouts"].append(timeouts)
+    if not parts["actions"]:
+        raise PipelineError(f"{where}: the dataset at {folder} holds no episodes")
+    return Transitions(**{k: np.concatenate(v) for k, v in parts.items()})
+
+
+def summary(folder: Path) -> dict:
+    """Size and quality of a dataset as its behavior policy logged it (metrics for `fetch`)."""
+    dataset = open_dataset(folder)
+    returns = [float(np.sum(episode.rewards)) for episode in dataset.iterate_episodes()]
+    reference = reference_returns(dataset)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {
+            "episodes": len(returns),
+            "transitions": int(dataset.total_steps),
+            "mean_return": float(np.mean(returns)),
+            "normalized_score": float(normalized_score(np.mean(returns), reference)),
+            "reference_random_return": reference[0],
+            "reference_expert_return": reference[1],
+        }

@@ -1,0 +1,177 @@
+"""Per-dimension discretizers (REFERENCE.md 2): uniform or quantile bins, V per dimension.
+
+Tokenization: values below the first edge go to bin 0, at or above the last edge to bin V-1.
+Reconstruction (decoding a token to a number) is a param:
+- `midpoint`: the bin's midpoint, as published;
+- `bin-mean` (our default): the mean of the training values that fell into the bin (the
+  midpoint for an empty bin). On a sparse reward column the quantile edges collapse and one bin
+  spans [0, 1]: its midpoint decodes a reward of 0 as 0.5, so reaching the goal scores worse than
+  hovering near it (REFERENCE.md 9). The bin mean decodes 0 as 0 and 1 as 1.
+Expected rewards and values are sums of probability times the same reconstruction table.
+
+The artifact is a small JSON file: safe to load from an untrusted remote, readable by eye.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from trajectory_transformer.errors import PipelineError
+
+FORMAT = "trajectory-transformer-discretizer/1"
+
+
+@dataclass
+class DiscretizeSpec:
+    """The `discretize` section of params.yaml."""
+
+    kind: Literal["quantile", "uniform"] = "quantile"
+    n_bins: int = 100
+    reconstruction: Literal["bin-mean", "midpoint"] = "bin-mean"
+
+
+@dataclass
+class Discretizer:
+    kind: str
+    reconstruction: str
+    edges: np.ndarray  # (D, V + 1) float64, non-decreasing per row
+    bin_means: np.ndarray  # (D, V) float64: mean training value per bin (midpoint if empty)
+    observation_dim: int
+    action_dim: int
+
+    @property
+    def n_bins(self) -> int:
+        return self.edges.shape[1] - 1
+
+    @property
+    def termination_token(self) -> int:
+        return self.n_bins
+
+    @property
+    def vocab_size(self) -> int:
+        """Tokens per dimension: V bins plus the shared termination token."""
+        return self.n_bins + 1
+
+    @property
+    def transition_dim(self) -> int:
+        return self.edges.shape[0]
+
+    @property
+    def midpoints(self) -> np.ndarray:
+        return 0.5 * (self.edges[:, :-1] + self.edges[:, 1:])
+
+    @property
+    def table(self) -> np.ndarray:
+        """(D, V) value each token decodes to, under the configured reconstruction."""
+        return self.bin_means if self.reconstruction == "bin-mean" else self.midpoints
+
+    @classmethod
+    def fit(cls, data: np.ndarray, spec: DiscretizeSpec, observation_dim: int, action_dim: int) -> "Discretizer":
+        data = np.asarray(data, dtype=np.float64)
+        if data.ndim != 2 or data.shape[1] != observation_dim + action_dim + 2:
+            raise PipelineError(f"discretizer: expected (T, {observation_dim + action_dim + 2}) data, got {data.shape}")
+        if len(data) < 2:
+            raise PipelineError("discretizer: need at least two transitions to fit bins")
+        if spec.n_bins < 2:
+            raise PipelineError(f"params discretize.n_bins must be at least 2, got {spec.n_bins}")
+        if spec.kind == "quantile":
+            ranks = np.linspace(0, len(data) - 1, spec.n_bins + 1).round().astype(np.int64)
+            edges = np.sort(data, axis=0)[ranks].T
+        else:
+            low, high = data.min(axis=0), data.max(axis=0)
+            edges = low[:, None] + (high - low)[:, None] * np.linspace(0.0, 1.0, spec.n_bins + 1)[None, :]
+        discretizer = cls(spec.kind, spec.reconstruction, edges, np.zeros((edges.shape[0], spec.n_bins)), observation_dim, action_dim)
+        tokens = discretizer.tokenize(data)
+        counts = np.zeros((edges.shape[0], spec.n_bins))
+        sums = np.zeros_like(counts)
+        for dim in range(edges.shape[0]):
+            counts[dim] = np.bincount(tokens[:, dim], minlength=spec.n_bins)
+            sums[dim] = np.bincount(tokens[:, dim], weights=data[:, dim], minlength=spec.n_bins)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            discretizer.bin_means = np.where(counts > 0, sums / np.maximum(counts, 1), discretizer.midpoints)
+        return discretizer
+
+    def tokenize(self, data: np.ndarray) -> np.ndarray:
+        """(..., D) values to (..., D) int64 bin indices in [0, V-1]."""
+        data = np.asarray(data)
+        if data.shape[-1] != self.transition_dim:
+            raise PipelineError(f"discretizer: data has {data.shape[-1]} dims, the discretizer {self.transition_dim}")
+        flat = data.reshape(-1, self.transition_dim)
+        tokens = np.empty(flat.shape, dtype=np.int64)
+        for dim in range(self.transition_dim):
+            tokens[:, dim] = np.searchsorted(self.edges[dim, 1:-1], flat[:, dim], side="right")
+        return tokens.reshape(data.shape)
+
+    def reconstruct(self, tokens: np.ndarray, dims: np.ndarray | slice | None = None) -> np.ndarray:
+        """Token ids to values; `dims` says which transition dimensions the last axis holds."""
+        tokens = np.asarray(tokens)
+        table = self.table[dims if dims is not None else slice(None)]
+        if tokens.shape[-1] != table.shape[0]:
+            raise PipelineError(f"discretizer: {tokens.shape[-1]} tokens for {table.shape[0]} dimensions")
+        return table[np.arange(table.shape[0]), np.minimum(tokens, self.n_bins - 1)]
+
+    def expectation(self, probabilities: np.ndarray, dim: int) -> np.ndarray:
+        """Expected value of dimension `dim` under (..., V) bin probabilities."""
+        return probabilities @ self.table[dim]
+
+    # ------------------------------------------------------------------ the artifact
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "kind": self.kind,
+            "reconstruction": self.reconstruction,
+            "n_bins": self.n_bins,
+            "vocab_size": self.vocab_size,
+            "observation_dim": self.observation_dim,
+            "action_dim": self.action_dim,
+            "transition_dim": self.transition_dim,
+            "layout": {
+                "observation": [0, self.observation_dim],
+                "action": [self.observation_dim, self.observation_dim + self.action_dim],
+                "reward": self.observation_dim + self.action_dim,
+                "value": self.observation_dim + self.action_dim + 1,
+            },
+            "edges": self.edges.tolist(),
+            "bin_means": self.bin_means.tolist(),
+        }
+
+    def save(self, path: Path) -> str:
+        """Write the JSON artifact; returns its content hash."""
+        text = json.dumps(self.to_dict(), indent=1)
+        Path(path).write_text(text)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    @classmethod
+    def load(cls, path: Path) -> "Discretizer":
+        path = Path(path)
+        try:
+            content = json.loads(path.read_text())
+            if content.get("format") != FORMAT:
+                raise ValueError(f"format {content.get('format')!r}")
+            discretizer = cls(
+                kind=content["kind"],
+                reconstruction=content["reconstruction"],
+                edges=np.asarray(content["edges"], dtype=np.float64),
+                bin_means=np.asarray(content["bin_means"], dtype=np.float64),
+                observation_dim=int(content["observation_dim"]),
+                action_dim=int(content["action_dim"]),
+            )
+        except FileNotFoundError:
+            raise PipelineError(f"no discretizer at {path}: run `dvc repro` for its discretize stage") from None
+        except (ValueError, KeyError, TypeError) as error:
+            raise PipelineError(f"discretizer {path} is corrupt ({error}); delete it and rerun `dvc repro`") from None
+        if discretizer.edges.ndim != 2 or discretizer.bin_means.shape != (discretizer.transition_dim, discretizer.n_bins):
+            raise PipelineError(f"discretizer {path} is corrupt (inconsistent shapes); delete it and rerun `dvc repro`")
+        return discretizer
+
+
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
