@@ -15,10 +15,11 @@ from trajectory_transformer.trajectories import SequenceSpec, joined_paths
 
 @click.command()
 @click.option("--dataset", required=True, help="key of the dataset under `datasets` in params.yaml")
+@click.option("--kind", type=click.Choice(["quantile", "uniform"]), required=True)
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
 @stage_command
-def main(dataset: str, data_dir: Path, out_dir: Path) -> None:
+def main(dataset: str, kind: str, data_dir: Path, out_dir: Path) -> None:
     params = load_params()
     where = f"datasets.{dataset}"
     dataset_spec = parse(DatasetSpec, section(params, where), where)
@@ -27,7 +28,7 @@ def main(dataset: str, data_dir: Path, out_dir: Path) -> None:
     transitions = load_transitions(data_dir, dataset_spec.observation, where)
     joined = np.concatenate(joined_paths(transitions, sequence))
     discretizer = Discretizer.fit(
-        joined, spec, transitions.observations.shape[1], transitions.actions.shape[1]
+        joined, kind, spec, transitions.observations.shape[1], transitions.actions.shape[1]
     )
     with atomic_directory(out_dir) as scratch:
         digest = discretizer.save(scratch / "discretizer.json")

@@ -5,8 +5,8 @@ from trajectory_transformer.discretization import DiscretizeSpec, Discretizer
 from trajectory_transformer.errors import PipelineError
 
 
-def fit(data, **spec):
-    return Discretizer.fit(data, DiscretizeSpec(**spec), observation_dim=data.shape[1] - 3, action_dim=1)
+def fit(data, kind="quantile", **spec):
+    return Discretizer.fit(data, kind, DiscretizeSpec(**spec), observation_dim=data.shape[1] - 3, action_dim=1)
 
 
 @pytest.fixture

@@ -22,14 +22,14 @@ def test_suite_switch_and_incremental_reruns(project):
     # a discretizer param reruns discretize, never fetch
     params["discretize"]["n_bins"] = 10
     (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert project.stages_run() == ["discretize@pointmaze-umaze", "discretize@reacher-medium"]
-    summary = json.loads((project.path / "data/discretized/reacher-medium/summary.json").read_text())
+    assert project.stages_run() == ["discretize@pointmaze-umaze-quantile", "discretize@reacher-medium-quantile"]
+    summary = json.loads((project.path / "data/discretized/reacher-medium/quantile/summary.json").read_text())
     assert summary["vocab_size"] == 11
 
     # one dataset's fetch params rerun that dataset only
     params["datasets"]["reacher-medium"]["fetch"]["episodes"] = 30
     (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert project.stages_run() == ["discretize@reacher-medium", "fetch@reacher-medium"]
+    assert project.stages_run() == ["discretize@reacher-medium-quantile", "fetch@reacher-medium"]
     assert project.stages_run() == []
 
 

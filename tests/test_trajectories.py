@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from trajectory_transformer.datasets import Transitions
 from trajectory_transformer.errors import PipelineError
@@ -45,12 +46,12 @@ def test_windows_pad_with_the_termination_token_and_mask_past_the_maximum_length
     path = np.array([[1, 2], [3, 4], [5, 6]])
     windows = Windows.build([path], termination_token=9, window=3, max_path_length=4)
     assert len(windows) == 2  # starts at every step but the last
-    inputs, targets, mask = windows.batch(np.array([0, 1]))
+    inputs, targets, mask = windows.batch(torch.tensor([0, 1]))
     # window from step 1: steps 1, 2 and one padding step (3), all inside the maximum length
-    assert np.concatenate([inputs[1], targets[1][-1:]]).tolist() == [3, 4, 5, 6, 9, 9]
+    assert torch.cat([inputs[1], targets[1][-1:]]).tolist() == [3, 4, 5, 6, 9, 9]
     assert mask[1].tolist() == [1, 1, 1, 1, 1]
     windows = Windows.build([path], termination_token=9, window=3, max_path_length=2)
-    _, targets, mask = windows.batch(np.array([1]))
+    _, targets, mask = windows.batch(torch.tensor([1]))
     # step 1 is inside (targets start at its second token), steps 2 and 3 are past the maximum
     assert mask[0].tolist() == [1, 0, 0, 0, 0]
     assert targets[0].tolist() == [4, 5, 6, 9, 9]

@@ -1,6 +1,7 @@
 """Atomic writes: a stage killed midway leaves nothing that could pass for a finished output."""
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -33,3 +34,20 @@ def write_json(path: Path, content) -> None:
         f.write("\n")
     os.chmod(f.name, 0o644)
     os.replace(f.name, path)
+
+
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def folder_hash(path: Path) -> str:
+    """SHA-256 over a folder's relative file names and contents, in sorted order."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        digest.update(file_hash(file).encode())
+    return digest.hexdigest()

@@ -25,7 +25,7 @@ def tokenize(transitions: int, dims: int, n_bins: int) -> None:
     """Fit a quantile discretizer on TRANSITIONS x DIMS values, tokenize and decode them."""
     data = np.random.default_rng(0).normal(size=(transitions, dims))
     start = time.perf_counter()
-    discretizer = Discretizer.fit(data, DiscretizeSpec(n_bins=n_bins), observation_dim=dims - 3, action_dim=1)
+    discretizer = Discretizer.fit(data, "quantile", DiscretizeSpec(n_bins=n_bins), observation_dim=dims - 3, action_dim=1)
     fitted = time.perf_counter()
     tokens = discretizer.tokenize(data)
     tokenized = time.perf_counter()

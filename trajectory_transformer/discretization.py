@@ -12,6 +12,7 @@ Expected rewards and values are sums of probability times the same reconstructio
 The artifact is a small JSON file: safe to load from an untrusted remote, readable by eye.
 """
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -27,9 +28,9 @@ FORMAT = "trajectory-transformer-discretizer/1"
 
 @dataclass
 class DiscretizeSpec:
-    """The `discretize` section of params.yaml."""
+    """The `discretize` section of params.yaml: one discretizer per dataset and kind."""
 
-    kind: Literal["quantile", "uniform"] = "quantile"
+    kinds: list[Literal["quantile", "uniform"]] = dataclasses.field(default_factory=lambda: ["quantile"])
     n_bins: int = 100
     reconstruction: Literal["bin-mean", "midpoint"] = "bin-mean"
 
@@ -70,7 +71,7 @@ class Discretizer:
         return self.bin_means if self.reconstruction == "bin-mean" else self.midpoints
 
     @classmethod
-    def fit(cls, data: np.ndarray, spec: DiscretizeSpec, observation_dim: int, action_dim: int) -> "Discretizer":
+    def fit(cls, data: np.ndarray, kind: str, spec: DiscretizeSpec, observation_dim: int, action_dim: int) -> "Discretizer":
         data = np.asarray(data, dtype=np.float64)
         if data.ndim != 2 or data.shape[1] != observation_dim + action_dim + 2:
             raise PipelineError(f"discretizer: expected (T, {observation_dim + action_dim + 2}) data, got {data.shape}")
@@ -78,13 +79,13 @@ class Discretizer:
             raise PipelineError("discretizer: need at least two transitions to fit bins")
         if spec.n_bins < 2:
             raise PipelineError(f"params discretize.n_bins must be at least 2, got {spec.n_bins}")
-        if spec.kind == "quantile":
+        if kind == "quantile":
             ranks = np.linspace(0, len(data) - 1, spec.n_bins + 1).round().astype(np.int64)
             edges = np.sort(data, axis=0)[ranks].T
         else:
             low, high = data.min(axis=0), data.max(axis=0)
             edges = low[:, None] + (high - low)[:, None] * np.linspace(0.0, 1.0, spec.n_bins + 1)[None, :]
-        discretizer = cls(spec.kind, spec.reconstruction, edges, np.zeros((edges.shape[0], spec.n_bins)), observation_dim, action_dim)
+        discretizer = cls(kind, spec.reconstruction, edges, np.zeros((edges.shape[0], spec.n_bins)), observation_dim, action_dim)
         tokens = discretizer.tokenize(data)
         counts = np.zeros((edges.shape[0], spec.n_bins))
         sums = np.zeros_like(counts)
@@ -168,10 +169,3 @@ class Discretizer:
             raise PipelineError(f"discretizer {path} is corrupt (inconsistent shapes); delete it and rerun `dvc repro`")
         return discretizer
 
-
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

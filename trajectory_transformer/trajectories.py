@@ -10,6 +10,7 @@ termination token and stay in the loss; only steps past the maximum path length 
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy.signal import lfilter
 
 from trajectory_transformer.datasets import Transitions
@@ -73,17 +74,17 @@ def joined_paths(transitions: Transitions, spec: SequenceSpec) -> list[np.ndarra
 
 @dataclass
 class Windows:
-    """All training windows of a tokenized dataset, in one flat array.
+    """All training windows of a tokenized dataset, in one flat tensor (on any device).
 
     Each path's tokens are followed by `window` rows of the termination token, so a window is a
     plain slice `tokens[start : start + window]`; `step` holds each row's step index within its
     path, which decides the loss mask.
     """
 
-    tokens: np.ndarray  # (rows, transition_dim) int64
-    step: np.ndarray  # (rows,) step index within the path; padding continues counting
-    starts: np.ndarray  # (windows,) row index of each window's first transition
-    path_of_start: np.ndarray  # (windows,) which path each window comes from
+    tokens: torch.Tensor  # (rows, transition_dim) int64
+    step: torch.Tensor  # (rows,) step index within the path; padding continues counting
+    starts: torch.Tensor  # (windows,) row index of each window's first transition
+    path_of_start: torch.Tensor  # (windows,) which path each window comes from
     window: int
     max_path_length: int
 
@@ -105,23 +106,26 @@ class Windows:
         if len(starts) == 0:
             raise PipelineError(f"every path is a single step: no window of {window} transitions can be built")
         return cls(
-            tokens=np.concatenate(rows).astype(np.int64),
-            step=np.concatenate(steps),
-            starts=starts,
-            path_of_start=np.concatenate(owners),
+            tokens=torch.from_numpy(np.concatenate(rows).astype(np.int64)),
+            step=torch.from_numpy(np.concatenate(steps)),
+            starts=torch.from_numpy(starts),
+            path_of_start=torch.from_numpy(np.concatenate(owners)),
             window=window,
             max_path_length=max_path_length,
         )
 
+    def to(self, device) -> "Windows":
+        moved = {k: getattr(self, k).to(device) for k in ("tokens", "step", "starts", "path_of_start")}
+        return Windows(**moved, window=self.window, max_path_length=self.max_path_length)
+
     def __len__(self) -> int:
         return len(self.starts)
 
-    def batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Model input, target and loss mask for windows `indices`, flattened to tokens:
         input = tokens[:-1], target = tokens[1:], mask 0 past the maximum path length."""
-        rows = self.starts[indices][:, None] + np.arange(self.window)
+        rows = self.starts[indices][:, None] + torch.arange(self.window, device=indices.device)
         tokens = self.tokens[rows].reshape(len(indices), -1)
-        dim = self.tokens.shape[1]
-        inside = (self.step[rows] < self.max_path_length).astype(np.float32)
-        mask = np.repeat(inside, dim, axis=1)
+        inside = (self.step[rows] < self.max_path_length).float()
+        mask = inside.repeat_interleave(self.tokens.shape[1], dim=1)
         return tokens[:, :-1], tokens[:, 1:], mask[:, 1:]

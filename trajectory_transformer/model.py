@@ -1,0 +1,235 @@
+"""The Trajectory Transformer: a GPT decoder over per-dimension tokens (REFERENCE.md 3).
+
+A transition [observation (N), action (M), reward, value] is D = N + M + 2 tokens, each the bin
+index of one dimension (V bins, token V = termination). Each dimension has its own embeddings
+(token ids offset by (position mod D) x V) and its own bias-free output head; the termination
+token shares one embedding. Attention never looks at value tokens, so a placeholder value can
+sit in the context at planning time. Pre-LayerNorm blocks, GELU MLP, dropout everywhere.
+
+Positions are a param: `learned` absolute embeddings as published, or `rotary` (RoPE), whose
+cached keys stay valid when the planner's context window slides (the planner issue needs it).
+
+The goal-conditioned variant puts G goal tokens (chosen observation dimensions of the goal
+state, embedded with those dimensions' tables) at the start of every sequence, so every token
+can attend to them (REFERENCE.md 4); they are never predicted.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class ModelConfig:
+    observation_dim: int
+    action_dim: int
+    n_bins: int  # V: bins per dimension; token V is the termination token
+    window: int = 10  # transitions per sequence
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.1
+    position_embedding: str = "learned"  # "learned" (published) or "rotary"
+    goal_dims: list[int] = field(default_factory=list)  # observation dims of the goal prefix
+
+    @property
+    def transition_dim(self) -> int:
+        return self.observation_dim + self.action_dim + 2
+
+    @property
+    def block_size(self) -> int:
+        """Longest input: `window` transitions minus the last token (it is only a target)."""
+        return self.window * self.transition_dim - 1
+
+    @property
+    def goal_length(self) -> int:
+        return len(self.goal_dims)
+
+
+def rotary_tables(positions: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of RoPE angles for integer `positions` (T,), shaped (T, head_dim / 2)."""
+    inverse_frequency = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
+    angles = positions.float()[:, None] * inverse_frequency[None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[..., :h/2], x[..., h/2:]) of a (B, heads, T, h) tensor."""
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1).type_as(x)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.n_head = config.n_head
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.proj = nn.Linear(config.n_embd, config.n_embd)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch, length, width = x.shape
+        q, k, v = self.qkv(x).split(width, dim=2)
+        shape = (batch, length, self.n_head, width // self.n_head)
+        return (t.view(shape).transpose(1, 2) for t in (q, k, v))
+
+    def attend(self, q, k, v, mask: torch.Tensor) -> torch.Tensor:
+        """Attention of q over (k, v) with a boolean `mask` (True = may attend), then projection.
+
+        A mask rules out the flash kernel; on CUDA, PyTorch picks its fused memory-efficient
+        kernel, which supports one."""
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        batch, _, length, _ = y.shape
+        return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(batch, length, -1)))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, rotary=None) -> torch.Tensor:
+        q, k, v = self.split_heads(x)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        return self.attend(q, k, v, mask)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = SelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, rotary=None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask, rotary)
+        return x + self.mlp(self.ln_2(x))
+
+
+class TrajectoryTransformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        dims, bins, width = config.transition_dim, config.n_bins, config.n_embd
+        self.token_embedding = nn.Embedding(dims * bins + 1, width)  # + the shared termination token
+        if config.position_embedding == "learned":
+            self.position_embedding = nn.Parameter(torch.zeros(1, config.block_size, width))
+            self.goal_position_embedding = nn.Parameter(torch.zeros(1, config.goal_length, width))
+        elif config.position_embedding != "rotary":
+            raise ValueError(f"unknown position embedding {config.position_embedding!r}")
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(width)
+        # one bias-free head (width -> V + 1) per position within a transition
+        self.heads = nn.Parameter(torch.empty(dims, bins + 1, width))
+        self.register_buffer("goal_dims", torch.tensor(config.goal_dims, dtype=torch.long), persistent=False)
+        self.apply(self._init_weights)
+        nn.init.normal_(self.heads, std=0.02)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    # ---------------------------------------------------------------- pieces the planner reuses
+    def embed_tokens(self, tokens: torch.Tensor, first_position: int | torch.Tensor = 0) -> torch.Tensor:
+        """Embeddings of sequence tokens whose first token sits at `first_position` (counted in
+        tokens from the start of a transition-aligned sequence)."""
+        dims, bins = self.config.transition_dim, self.config.n_bins
+        position = first_position + torch.arange(tokens.shape[-1], device=tokens.device)
+        ids = tokens + (position % dims) * bins
+        ids = torch.where(tokens == bins, dims * bins, ids)
+        return self.token_embedding(ids)
+
+    def embed_goal(self, goal: torch.Tensor) -> torch.Tensor:
+        embedding = self.token_embedding(goal + self.goal_dims * self.config.n_bins)
+        if self.config.position_embedding == "learned":
+            embedding = embedding + self.goal_position_embedding
+        return embedding
+
+    def logits_at(self, hidden: torch.Tensor, first_position: int = 0) -> torch.Tensor:
+        """Per-dimension heads: (B, T, width) hidden states at sequence positions
+        first_position... to (B, T, V + 1) logits."""
+        dims = self.config.transition_dim
+        heads = self.heads[(first_position + torch.arange(hidden.shape[1], device=hidden.device)) % dims]
+        return torch.einsum("btc,tvc->btv", hidden, heads)
+
+    def attention_mask(self, length: int, device) -> torch.Tensor:
+        """(G + T, G + T) boolean: causal, and no query looks at a value token's key."""
+        goal = self.config.goal_length
+        total = goal + length
+        causal = torch.ones(total, total, dtype=torch.bool, device=device).tril()
+        sequence_position = torch.arange(total, device=device) - goal
+        is_value = (sequence_position >= 0) & (sequence_position % self.config.transition_dim == self.config.transition_dim - 1)
+        return causal & ~is_value[None, :]
+
+    # ---------------------------------------------------------------- training and scoring
+    def forward(self, tokens: torch.Tensor, goal: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, V + 1) predicting token t + 1 from tokens <= t (and the goal prefix)."""
+        batch, length = tokens.shape
+        if length > self.config.block_size:
+            raise ValueError(f"sequence of {length} tokens exceeds the block size {self.config.block_size}")
+        x = self.embed_tokens(tokens)
+        if self.config.position_embedding == "learned":
+            x = x + self.position_embedding[:, :length]
+        if self.config.goal_length:
+            x = torch.cat([self.embed_goal(goal), x], dim=1)
+        x = self.dropout(x)
+        rotary = None
+        if self.config.position_embedding == "rotary":
+            rotary = rotary_tables(torch.arange(x.shape[1], device=x.device), self.config.n_embd // self.config.n_head)
+        mask = self.attention_mask(length, x.device)
+        for block in self.blocks:
+            x = block(x, mask, rotary)
+        hidden = self.ln_f(x[:, self.config.goal_length :])
+        return self.logits_at(hidden)
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict]:
+        """Weight decay on Linear weights and the heads only (not embeddings, norms, biases)."""
+        decay = [m.weight for m in self.modules() if isinstance(m, nn.Linear)] + [self.heads]
+        decay_ids = {id(p) for p in decay}
+        rest = [p for p in self.parameters() if id(p) not in decay_ids]
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+TOKEN_GROUPS = ("observation", "action", "reward", "value")
+
+
+def target_groups(config: ModelConfig, length: int, device=None) -> torch.Tensor:
+    """Group index (0 observation, 1 action, 2 reward, 3 value) of each target token: the target
+    at input position t is sequence token t + 1."""
+    dimension = (torch.arange(1, length + 1, device=device)) % config.transition_dim
+    group = torch.zeros(length, dtype=torch.long, device=device)
+    group[dimension >= config.observation_dim] = 1
+    group[dimension == config.transition_dim - 2] = 2
+    group[dimension == config.transition_dim - 1] = 3
+    return group
+
+
+def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy, (B, T), in float32 whatever the autocast dtype."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none").view(targets.shape)
+
+
+def weighted_loss(losses: torch.Tensor, mask: torch.Tensor, group_weights: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """The published objective: weighted cross-entropy, masked past the maximum path length,
+    averaged over all positions."""
+    return (losses * group_weights[groups] * mask).mean()
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+

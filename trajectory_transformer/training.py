@@ -1,0 +1,430 @@
+"""Training the Trajectory Transformer, top to bottom (REFERENCE.md 3).
+
+Teacher forcing with the weighted cross-entropy (observation 1, action 5, reward 1, value 1),
+AdamW with decay on Linear weights only, gradient clipping, linear warm-up then cosine decay to a
+floor, epochs scaled by dataset size. A held-out split of paths gives a validation loss per
+token group. CUDA: bf16 autocast, TF32, fused AdamW, no host synchronization inside the step.
+Multi-GPU / multi-node through `torchrun` (DistributedDataParallel): every rank takes its slice
+of the same global batch. Resumable from atomic checkpoints; a CPU run is deterministic.
+"""
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from trajectory_transformer import __version__
+from trajectory_transformer.artifacts import atomic_directory, write_json
+from trajectory_transformer.datasets import Transitions
+from trajectory_transformer.discretization import Discretizer
+from trajectory_transformer.errors import PipelineError
+from trajectory_transformer.model import (
+    TOKEN_GROUPS, ModelConfig, TrajectoryTransformer, parameter_count, target_groups, token_losses, weighted_loss,
+)
+from trajectory_transformer.trajectories import SequenceSpec, Windows, joined_paths
+
+CHECKPOINT_FORMAT = "trajectory-transformer-checkpoint/1"
+MODEL_FORMAT = "trajectory-transformer-model/1"
+VALIDATION_SPLIT_SEED = 0  # the same held-out paths for every training seed
+
+
+@dataclass
+class ArchitectureSpec:
+    """`train.model` in params.yaml."""
+
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.1
+    position_embedding: Literal["learned", "rotary"] = "learned"
+    goal: Literal["none", "final-state"] = "none"  # final-state: the path's last state first
+    goal_dims: list[int] | None = None  # observation dims of the goal; null = all
+
+
+@dataclass
+class OptimSpec:
+    """`train.optim` in params.yaml."""
+
+    learning_rate: float = 6e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    batch_size: int = 256
+    epoch_scale: float = 50.0  # epochs = int(1e6 / windows * epoch_scale), as published
+    max_updates: int | None = None  # a cap for CPU-sized runs
+    warmup_updates: int | None = None  # null: one epoch, as published
+    final_lr_fraction: float = 0.1
+    observation_weight: float = 1.0
+    action_weight: float = 5.0
+    reward_weight: float = 1.0
+    value_weight: float = 1.0
+
+
+@dataclass
+class RunSpec:
+    """`train.run` in params.yaml."""
+
+    validation_fraction: float = 0.05
+    validation_batches: int = 8
+    eval_every: int = 250
+    checkpoint_every: int = 250
+    log_every: int = 10
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    cpu_threads: int = 2
+
+
+@dataclass
+class TrainSpec:
+    """The `train` section of params.yaml."""
+
+    seeds: list[int] = field(default_factory=lambda: [0])
+    model: ArchitectureSpec = field(default_factory=ArchitectureSpec)
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    run: RunSpec = field(default_factory=RunSpec)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class TokenData:
+    train: Windows
+    validation: Windows | None
+    train_goals: torch.Tensor  # (paths, G) goal tokens of each training path
+    validation_goals: torch.Tensor
+
+
+def tokenize_paths(transitions: Transitions, discretizer: Discretizer, sequence: SequenceSpec) -> list[np.ndarray]:
+    if (transitions.observations.shape[1], transitions.actions.shape[1]) != (discretizer.observation_dim, discretizer.action_dim):
+        raise PipelineError(
+            f"the discretizer was fitted for {discretizer.observation_dim}+{discretizer.action_dim} observation+action "
+            f"dims, the dataset has {transitions.observations.shape[1]}+{transitions.actions.shape[1]}: rerun its discretize stage"
+        )
+    paths = joined_paths(transitions, sequence)
+    lengths = [len(p) for p in paths]
+    tokens = discretizer.tokenize(np.concatenate(paths))
+    return np.split(tokens, np.cumsum(lengths)[:-1])
+
+
+def prepare(token_paths: list[np.ndarray], discretizer: Discretizer, sequence: SequenceSpec,
+            goal_dims: list[int], validation_fraction: float) -> TokenData:
+    """Hold out a fraction of paths, build both window sets and each path's goal tokens."""
+    order = np.random.default_rng(VALIDATION_SPLIT_SEED).permutation(len(token_paths))
+    held_out = int(round(validation_fraction * len(token_paths))) if len(token_paths) > 1 else 0
+    held_out = min(max(held_out, 1 if validation_fraction > 0 and len(token_paths) > 1 else 0), len(token_paths) - 1)
+    validation_paths = [token_paths[i] for i in sorted(order[:held_out])]
+    train_paths = [token_paths[i] for i in sorted(order[held_out:])]
+
+    def goals(paths):
+        return torch.tensor(np.array([p[-1, goal_dims] for p in paths]).reshape(len(paths), len(goal_dims)), dtype=torch.long)
+
+    def windows(paths):
+        return Windows.build(paths, discretizer.termination_token, sequence.window, sequence.max_path_length)
+
+    return TokenData(
+        train=windows(train_paths),
+        validation=windows(validation_paths) if validation_paths and any(len(p) > 1 for p in validation_paths) else None,
+        train_goals=goals(train_paths),
+        validation_goals=goals(validation_paths),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices, schedule, checkpoints
+
+
+def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("params train.run.device is cuda but this machine has no CUDA device: set it to auto or cpu")
+    if requested in ("cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def learning_rate(update: int, total: int, warmup: int, spec: OptimSpec) -> float:
+    """Linear warm-up, then cosine decay to `final_lr_fraction` of the peak."""
+    if update < warmup:
+        return spec.learning_rate * (update + 1) / warmup
+    progress = (update - warmup) / max(1, total - warmup)
+    floor = spec.final_lr_fraction
+    return spec.learning_rate * (floor + (1 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def schedule(windows: int, spec: OptimSpec, batch_size: int) -> tuple[int, int, int]:
+    """(updates per epoch, total updates, warm-up updates)."""
+    per_epoch = max(1, windows // batch_size)
+    epochs = max(1, int(1e6 / windows * spec.epoch_scale))
+    total = epochs * per_epoch
+    if spec.max_updates is not None:
+        total = min(total, spec.max_updates)
+    warmup = per_epoch if spec.warmup_updates is None else spec.warmup_updates
+    return per_epoch, total, min(warmup, total)
+
+
+def epoch_order(seed: int, epoch: int, windows: int) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(windows))
+
+
+def save_atomic(content: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.partial")
+    torch.save(content, scratch)
+    os.replace(scratch, path)
+
+
+def load_trusted_shape(path: Path, expected_format: str) -> dict:
+    """torch.load with weights_only=True (never unpickle a file from a remote), checked."""
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise PipelineError(f"no checkpoint at {path}: run its train stage (`dvc repro`) or `dvc pull`") from None
+    except Exception as error:  # truncated zip, bad pickle opcodes, foreign objects
+        raise PipelineError(f"{path} is corrupt or truncated ({type(error).__name__}); delete it and rerun `dvc repro`, or `dvc pull` it again") from None
+    if not isinstance(content, dict) or content.get("format") != expected_format:
+        raise PipelineError(f"{path} is not a {expected_format} file; delete it and rerun `dvc repro`")
+    return content
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class RunIdentity:
+    """Everything the weights depend on; recorded in the model and checked on resume."""
+
+    dataset: str
+    dataset_sha256: str
+    discretizer_sha256: str
+    discretizer_kind: str
+    seed: int
+
+    def fingerprint(self, spec: TrainSpec, sequence: SequenceSpec) -> str:
+        content = {"identity": asdict(self), "model": asdict(spec.model), "optim": asdict(spec.optim),
+                   "run": {k: v for k, v in asdict(spec.run).items() if k not in ("log_every", "checkpoint_every")},
+                   "sequence": asdict(sequence)}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def model_config(discretizer: Discretizer, sequence: SequenceSpec, spec: ArchitectureSpec) -> ModelConfig:
+    goal_dims = []
+    if spec.goal == "final-state":
+        goal_dims = list(range(discretizer.observation_dim)) if spec.goal_dims is None else list(spec.goal_dims)
+        if not goal_dims or not all(0 <= d < discretizer.observation_dim for d in goal_dims):
+            raise PipelineError(f"params train.model.goal_dims must be observation dims in [0, {discretizer.observation_dim})")
+    if spec.n_embd % spec.n_head or (spec.position_embedding == "rotary" and (spec.n_embd // spec.n_head) % 2):
+        raise PipelineError("params train.model.n_embd must be a multiple of n_head (and of 2 n_head for rotary)")
+    return ModelConfig(
+        observation_dim=discretizer.observation_dim, action_dim=discretizer.action_dim, n_bins=discretizer.n_bins,
+        window=sequence.window, n_layer=spec.n_layer, n_head=spec.n_head, n_embd=spec.n_embd, dropout=spec.dropout,
+        position_embedding=spec.position_embedding, goal_dims=goal_dims,
+    )
+
+
+def distributed_context() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) alone."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+@torch.no_grad()
+def validation_losses(model: TrajectoryTransformer, windows: Windows, goals: torch.Tensor, batch_size: int,
+                      batches: int, device: torch.device, autocast) -> dict[str, float]:
+    """Mean cross-entropy per token group over a fixed subset of held-out windows."""
+    model.eval()
+    order = torch.from_numpy(np.random.default_rng(VALIDATION_SPLIT_SEED).permutation(len(windows))).to(device)
+    sums = torch.zeros(len(TOKEN_GROUPS), device=device)
+    counts = torch.zeros(len(TOKEN_GROUPS), device=device)
+    for start in range(0, min(len(windows), batches * batch_size), batch_size):
+        indices = order[start : start + batch_size]
+        inputs, targets, mask = windows.batch(indices)
+        with autocast():
+            logits = model(inputs, goals[windows.path_of_start[indices]] if model.config.goal_length else None)
+        losses = token_losses(logits, targets)
+        groups = target_groups(model.config, inputs.shape[1], device)
+        one_hot = torch.nn.functional.one_hot(groups, len(TOKEN_GROUPS)).float()
+        sums += torch.einsum("bt,tg->g", losses * mask, one_hot)
+        counts += torch.einsum("bt,tg->g", mask, one_hot)
+    model.train()
+    values = (sums / counts.clamp(min=1)).tolist()
+    return {f"validation/{name}": value for name, value in zip(TOKEN_GROUPS, values)}
+
+
+def train(
+    token_paths: list[np.ndarray],
+    discretizer: Discretizer,
+    sequence: SequenceSpec,
+    spec: TrainSpec,
+    identity: RunIdentity,
+    model_dir: Path,
+    report_dir: Path,
+    checkpoint: Path,
+    progress: bool = True,
+) -> dict:
+    """Train one model; write `model.pt` and `config.json` to `model_dir`, `metrics.json` and
+    dvclive curves to `report_dir` (atomically, rank 0). Resumes from `checkpoint` when it
+    belongs to this run (same data, discretizer, params and seed)."""
+    rank, world, local_rank = distributed_context()
+    device = resolve_device(spec.run.device, local_rank)
+    if device.type == "cpu":
+        torch.set_num_threads(spec.run.cpu_threads)
+        torch.use_deterministic_algorithms(True)  # multi-threaded CPU backward is not bitwise stable otherwise
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if spec.optim.batch_size % world:
+        raise PipelineError(f"params train.optim.batch_size {spec.optim.batch_size} must divide by the {world} processes")
+
+    config = model_config(discretizer, sequence, spec.model)
+    data = prepare(token_paths, discretizer, sequence, config.goal_dims, spec.run.validation_fraction)
+    train_windows = data.train.to(device)
+    validation_windows = data.validation.to(device) if data.validation is not None else None
+    train_goals, validation_goals = data.train_goals.to(device), data.validation_goals.to(device)
+    batch_size = min(spec.optim.batch_size, len(train_windows) - len(train_windows) % world or world)
+    per_epoch, total, warmup = schedule(len(train_windows), spec.optim, batch_size)
+    local_batch = batch_size // world
+
+    torch.manual_seed(identity.seed)
+    model = TrajectoryTransformer(config).to(device)
+    optimizer = torch.optim.AdamW(model.optimizer_groups(spec.optim.weight_decay), lr=spec.optim.learning_rate,
+                                  betas=tuple(spec.optim.betas), fused=device.type == "cuda")
+    group_weights = torch.tensor([spec.optim.observation_weight, spec.optim.action_weight,
+                                  spec.optim.reward_weight, spec.optim.value_weight], device=device)
+    groups = target_groups(config, config.block_size, device)
+    use_bf16 = device.type == "cuda"
+
+    def autocast():
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    fingerprint = identity.fingerprint(spec, sequence)
+    update, history, running = 0, [], {"sum": 0.0, "count": 0}
+    if checkpoint.exists():
+        saved = load_trusted_shape(checkpoint, CHECKPOINT_FORMAT)
+        if saved["fingerprint"] == fingerprint:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            torch.set_rng_state(saved["cpu_rng"])
+            if device.type == "cuda" and "cuda_rng" in saved:
+                torch.cuda.set_rng_state(saved["cuda_rng"], device)
+            update, history, running = saved["update"], saved["history"], saved["running"]
+    trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None) if world > 1 else model
+
+    bar = tqdm(total=total, initial=update, desc=f"train {identity.dataset} seed {identity.seed}",
+               unit="update", disable=not progress or rank != 0, mininterval=1)
+    running_loss = torch.zeros((), device=device)
+    running_steps, tokens_seen, clock = 0, 0, time.perf_counter()
+    order, order_epoch = None, -1
+    while update < total:
+        epoch, position = divmod(update, per_epoch)
+        if epoch != order_epoch:
+            order, order_epoch = epoch_order(identity.seed, epoch, len(train_windows)).to(device), epoch
+        global_batch = order[position * batch_size : (position + 1) * batch_size]
+        indices = global_batch[rank * local_batch : (rank + 1) * local_batch]
+        inputs, targets, mask = train_windows.batch(indices)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(update, total, warmup, spec.optim)
+        with autocast():
+            logits = trained(inputs, train_goals[train_windows.path_of_start[indices]] if config.goal_length else None)
+        loss = weighted_loss(token_losses(logits, targets), mask, group_weights, groups)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.optim.grad_clip)
+        optimizer.step()
+        update += 1
+        running_loss += loss.detach()
+        running_steps += 1
+        tokens_seen += inputs.numel() * world
+
+        boundary = update == total or any(update % every == 0 for every in (spec.run.eval_every, spec.run.checkpoint_every))
+        if update % spec.run.log_every == 0 or boundary:
+            mean = (running_loss / running_steps).item()  # the only host sync, every log_every updates
+            running["sum"] += mean * running_steps
+            running["count"] += running_steps
+            elapsed = time.perf_counter() - clock
+            bar.set_postfix(loss=f"{mean:.3f}", tokens_per_s=f"{tokens_seen / elapsed:,.0f}", refresh=False)
+            bar.update(running_steps)
+            running_loss.zero_()
+            running_steps, tokens_seen, clock = 0, 0, time.perf_counter()
+        if update % spec.run.eval_every == 0 or update == total:
+            entry = {"update": update, "train/loss": running["sum"] / max(running["count"], 1), "learning_rate": learning_rate(update - 1, total, warmup, spec.optim)}
+            if validation_windows is not None:
+                entry.update(validation_losses(model, validation_windows, validation_goals, batch_size,
+                                               spec.run.validation_batches, device, autocast))
+            history.append(entry)
+            running = {"sum": 0.0, "count": 0}
+        if update % spec.run.checkpoint_every == 0 and update < total and rank == 0:
+            state = {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "update": update, "history": history,
+                     "running": running, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "cpu_rng": torch.get_rng_state()}
+            if device.type == "cuda":
+                state["cuda_rng"] = torch.cuda.get_rng_state(device)
+            save_atomic(state, checkpoint)
+    bar.close()
+
+    metrics = {"updates": total, "parameters": parameter_count(model), "train_windows": len(train_windows),
+               "validation_windows": len(validation_windows) if validation_windows is not None else 0, **history[-1]}
+    if rank == 0:
+        write_model(model, config, identity, model_dir, report_dir, metrics, history)
+        checkpoint.unlink(missing_ok=True)
+    if world > 1:
+        dist.barrier()
+    return metrics
+
+
+def write_model(model: TrajectoryTransformer, config: ModelConfig, identity: RunIdentity, model_dir: Path,
+                report_dir: Path, metrics: dict, history: list[dict]) -> None:
+    from dvclive import Live  # noqa: PLC0415 (only rank 0 writes logs)
+
+    metadata = {"model_config": asdict(config), **asdict(identity), "library_version": __version__,
+                "torch_version": torch.__version__.split("+")[0]}
+    with atomic_directory(report_dir) as scratch:
+        write_json(scratch / "metrics.json", metrics)
+        live = Live(dir=str(scratch / "live"), save_dvc_exp=False, dvcyaml=False, report=None)
+        for entry in history:
+            live.step = entry["update"]
+            for name, value in entry.items():
+                if name != "update":
+                    live.log_metric(name, value)
+        live.end()
+    with atomic_directory(model_dir) as scratch:
+        # safetensors, not torch.save: torch.save stamps every file with a random serialization
+        # id, so identical weights would give different bytes and DVC would rerun downstream
+        # stages for nothing; safetensors is also safe to read from an untrusted remote
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, scratch / "model.safetensors", metadata={"format": MODEL_FORMAT, "metadata": json.dumps(metadata, sort_keys=True)})
+        write_json(scratch / "config.json", metadata)
+
+
+def load_model(folder: Path, device: torch.device | str = "cpu") -> tuple[TrajectoryTransformer, dict]:
+    """A trained model and its metadata, loaded without unpickling anything."""
+    path = Path(folder) / "model.safetensors"
+    if not path.exists():
+        raise PipelineError(f"no model at {folder}: run its train stage (`dvc repro`) or `dvc pull`")
+    try:
+        with safe_open(path, framework="pt") as f:
+            header = f.metadata() or {}
+            state = {key: f.get_tensor(key) for key in f.keys()}
+        if header.get("format") != MODEL_FORMAT:
+            raise ValueError(f"format {header.get('format')!r}")
+        metadata = json.loads(header["metadata"])
+        model = TrajectoryTransformer(ModelConfig(**metadata["model_config"]))
+        model.load_state_dict(state)
+    except Exception as error:  # truncated or foreign file, or weights that do not fit the code
+        raise PipelineError(f"{path} is corrupt or does not match the model code ({type(error).__name__}); "
+                            "delete it and rerun `dvc repro`, or `dvc pull` it again") from None
+    return model.to(device).eval(), metadata
