@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from trajectory_transformer.artifacts import atomic_directory, write_json
+from trajectory_transformer.artifacts import atomic_directory, folder_hash, write_json
 from trajectory_transformer.cli import stage_command
 from trajectory_transformer.config import load_params, parse, section
 from trajectory_transformer.datasets import DatasetSpec, load_transitions
@@ -30,6 +30,7 @@ def main(dataset: str, kind: str, data_dir: Path, out_dir: Path) -> None:
     discretizer = Discretizer.fit(
         joined, kind, spec, transitions.observations.shape[1], transitions.actions.shape[1]
     )
+    discretizer.dataset_sha256 = folder_hash(data_dir)
     with atomic_directory(out_dir) as scratch:
         digest = discretizer.save(scratch / "discretizer.json")
         write_json(scratch / "summary.json", {

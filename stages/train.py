@@ -12,6 +12,7 @@ from trajectory_transformer.cli import stage_command
 from trajectory_transformer.config import load_params, parse, section
 from trajectory_transformer.datasets import DatasetSpec, load_transitions
 from trajectory_transformer.discretization import Discretizer
+from trajectory_transformer.errors import PipelineError
 from trajectory_transformer.trajectories import SequenceSpec
 from trajectory_transformer.training import RunIdentity, TrainSpec, tokenize_paths, train
 
@@ -32,10 +33,14 @@ def main(dataset: str, seed: int, data_dir: Path, discretizer_dir: Path, model_d
     sequence = parse(SequenceSpec, section(params, "sequence"), "sequence")
     spec = parse(TrainSpec, section(params, "train"), "train")
     discretizer = Discretizer.load(discretizer_dir / "discretizer.json")
+    dataset_sha256 = folder_hash(data_dir)
+    if discretizer.dataset_sha256 != dataset_sha256:
+        raise PipelineError(f"the discretizer in {discretizer_dir} was fitted on other data than {data_dir}: "
+                            f"rerun `dvc repro discretize@{dataset}-{discretizer.kind}`")
     transitions = load_transitions(data_dir, dataset_spec.observation, where)
     identity = RunIdentity(
         dataset=dataset,
-        dataset_sha256=folder_hash(data_dir),
+        dataset_sha256=dataset_sha256,
         discretizer_sha256=file_hash(discretizer_dir / "discretizer.json"),
         discretizer_kind=discretizer.kind,
         seed=seed,

@@ -8,7 +8,7 @@ import yaml
 
 def test_suite_switch_and_incremental_reruns(project):
     # the documented switch: DVC composes params.yaml from conf/ and runs the smoke suite
-    project.dvc("exp", "run", "-S", "suite=smoke", "fetch", "discretize")
+    project.dvc("exp", "run", "-S", "suite=smoke")
     params = yaml.safe_load((project.path / "params.yaml").read_text())
     assert params["suite_name"] == "smoke" and set(params["datasets"]) == {"pointmaze-umaze", "reacher-medium"}
     shown = json.loads(project.dvc("exp", "show", "--json").stdout)
@@ -19,18 +19,43 @@ def test_suite_switch_and_incremental_reruns(project):
     # nothing changed: nothing runs
     assert project.stages_run() == []
 
-    # a discretizer param reruns discretize, never fetch
+    # a discretizer param reruns discretize and train, never fetch
     params["discretize"]["n_bins"] = 10
     (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert project.stages_run() == ["discretize@pointmaze-umaze-quantile", "discretize@reacher-medium-quantile"]
+    assert project.stages_run() == ["discretize@pointmaze-umaze-quantile", "discretize@reacher-medium-quantile",
+                                    "evaluate@pointmaze-umaze-quantile-0", "evaluate@reacher-medium-quantile-0",
+                                    "train@pointmaze-umaze-quantile-0", "train@reacher-medium-quantile-0"]
     summary = json.loads((project.path / "data/discretized/reacher-medium/quantile/summary.json").read_text())
     assert summary["vocab_size"] == 11
+
+    # a training param reruns train and evaluate only
+    params["train"]["optim"]["max_updates"] = 10
+    (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert project.stages_run() == ["evaluate@pointmaze-umaze-quantile-0", "evaluate@reacher-medium-quantile-0",
+                                    "train@pointmaze-umaze-quantile-0", "train@reacher-medium-quantile-0"]
+
+    # a planner param reruns evaluate only
+    params["plan"]["beam_width"] = 3
+    (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert project.stages_run() == ["evaluate@pointmaze-umaze-quantile-0", "evaluate@reacher-medium-quantile-0"]
+    metrics = json.loads((project.path / "reports/evaluate/reacher-medium/quantile/seed-0/metrics.json").read_text())
+    assert metrics["episodes"] == 2
+    config = json.loads((project.path / "models/reacher-medium/quantile/seed-0/config.json").read_text())
+    assert config["dataset"] == "reacher-medium" and config["model_config"]["n_bins"] == 10
 
     # one dataset's fetch params rerun that dataset only
     params["datasets"]["reacher-medium"]["fetch"]["episodes"] = 30
     (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert project.stages_run() == ["discretize@reacher-medium-quantile", "fetch@reacher-medium"]
+    assert project.stages_run() == ["discretize@reacher-medium-quantile", "evaluate@reacher-medium-quantile-0",
+                                    "fetch@reacher-medium", "train@reacher-medium-quantile-0"]
     assert project.stages_run() == []
+
+    # a discretizer that belongs to another dataset is refused by train, in one line
+    result = project.run(sys.executable, "stages/train.py", "--dataset", "reacher-medium", "--seed", "0",
+                         "--data", "data/raw/reacher-medium", "--discretizer", "data/discretized/pointmaze-umaze/quantile",
+                         "--out", "models/x", "--report", "reports/x", "--checkpoint", "models/.checkpoints/x.pt", check=False)
+    assert result.returncode == 1 and "fitted on other data" in result.stderr.strip().splitlines()[-1]
+    assert not (project.path / "models/x").exists()
 
 
 def test_an_unknown_suite_is_refused(project):

@@ -1,15 +1,24 @@
 """Benchmark commands: figures printed as JSON, measured side by side in one run.
 
     tt-benchmark tokenize     # discretizer fit and tokenization throughput
+    tt-benchmark train-step   # one training step, our model vs a plain re-implementation
+    tt-benchmark plan         # one planning call: the published algorithm vs ours, cached and batched
 """
 
 import json
+import resource
+import subprocess
+import sys
 import time
 
 import click
 import numpy as np
+import torch
 
 from trajectory_transformer.discretization import DiscretizeSpec, Discretizer
+from trajectory_transformer.model import (
+    ModelConfig, SelfAttention, TrajectoryTransformer, target_groups, token_losses, weighted_loss,
+)
 
 
 @click.group()
@@ -39,6 +48,139 @@ def tokenize(transitions: int, dims: int, n_bins: int) -> None:
         "reconstruct_seconds": round(decoded - tokenized, 3),
         "tokenize_transitions_per_second": round(transitions / (tokenized - fitted)),
     }, indent=2))
+
+
+
+class ExplicitAttention(SelfAttention):
+    """The textbook attention: scores, masked_fill, softmax, dropout, weighted sum."""
+
+    def attend(self, q, k, v, mask):
+        scores = (q @ k.transpose(-2, -1)) / k.shape[-1] ** 0.5
+        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+        weights = torch.nn.functional.dropout(weights, self.dropout, self.training)
+        y = weights @ v
+        batch, _, length, _ = y.shape
+        return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(batch, length, -1)))
+
+
+def step_figures(variant: str, device: str, batch: int, steps: int) -> dict:
+    """Tokens per second and peak memory of `steps` training steps of a hopper-sized model."""
+    device = torch.device(device)
+    config = ModelConfig(observation_dim=11, action_dim=3, n_bins=100, window=10)
+    torch.manual_seed(0)
+    model = TrajectoryTransformer(config)
+    if variant == "plain":
+        for block in model.blocks:
+            explicit = ExplicitAttention(config)
+            explicit.load_state_dict(block.attn.state_dict())
+            block.attn = explicit
+    model.to(device).train()
+    ours = variant == "ours"
+    optimizer = torch.optim.AdamW(model.optimizer_groups(0.1), lr=6e-4, betas=(0.9, 0.95),
+                                  fused=ours and device.type == "cuda", foreach=None if ours else False)
+    tokens = torch.randint(0, 100, (batch, config.block_size + 1), device=device)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    mask = torch.ones_like(targets, dtype=torch.float)
+    weights = torch.tensor([1.0, 5.0, 1.0, 1.0], device=device)
+    groups = target_groups(config, config.block_size, device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=ours and device.type == "cuda")
+
+    def step():
+        with autocast:
+            logits = model(inputs)
+        loss = weighted_loss(token_losses(logits, targets), mask, weights, groups)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    step()  # warm-up: allocator, kernels
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"tokens_per_second": round(batch * config.block_size * steps / elapsed),
+            "seconds_per_step": round(elapsed / steps, 4),
+            "peak_memory_mib": round(peak / 2**20, 1),
+            "memory_measure": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS"}
+
+
+@main.command("train-step")
+@click.option("--batch", default=256, show_default=True)
+@click.option("--steps", default=5, show_default=True)
+@click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default="cuda if available")
+@click.option("--variant", type=click.Choice(["ours", "plain"]), hidden=True)
+def train_step(batch: int, steps: int, device: str, variant: str | None) -> None:
+    """Hopper-sized model (transition 16, 10-transition windows): ours (fused SDPA, fused AdamW,
+    bf16 on CUDA) against explicit masked attention with an unfused optimizer. Each variant runs
+    in its own process so that peak memory is its own."""
+    if variant:
+        click.echo(json.dumps(step_figures(variant, device, batch, steps)))
+        return
+    figures = {}
+    for name in ("ours", "plain"):
+        command = [sys.executable, "-m", "trajectory_transformer.benchmarks", "train-step", "--variant", name,
+                   "--batch", str(batch), "--steps", str(steps), "--device", device]
+        figures[name] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+    figures["speedup"] = round(figures["ours"]["tokens_per_second"] / figures["plain"]["tokens_per_second"], 2)
+    figures["memory_ratio"] = round(figures["plain"]["peak_memory_mib"] / figures["ours"]["peak_memory_mib"], 2)
+    figures.update(device=device, batch=batch, threads=torch.get_num_threads())
+    click.echo(json.dumps(figures, indent=2))
+
+
+
+@main.command("plan")
+@click.option("--environments", default=10, show_default=True, help="batch for the batched figure")
+@click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default="cuda if available")
+@click.option("--skip-published", is_flag=True, help="skip (a), about a minute on a 2-core CPU")
+def plan_call(environments: int, device: str, skip_published: bool) -> None:
+    """Seconds per planning call, hopper-sized model (random weights), the published hopper
+    settings (horizon 15, beam 128, n_expand 2, 5 context transitions, cdf 0.6):
+    (a) the published algorithm: no cache, one environment, the input cropped to the last 5
+    transitions and re-encoded before every forward pass (learned positions);
+    (b) ours, cached (rotary positions, sliding window), one environment;
+    (c) ours, cached and batched over ENVIRONMENTS environments, per environment step."""
+    from trajectory_transformer.planner import PlannerSpec, plan  # noqa: PLC0415
+
+    device = torch.device(device)
+    torch.manual_seed(0)
+    observation_dim, action_dim, bins = 11, 3, 100
+    data = np.random.default_rng(0).normal(size=(10_000, observation_dim + action_dim + 2))
+    discretizer = Discretizer.fit(data, "quantile", DiscretizeSpec(n_bins=bins), observation_dim, action_dim)
+    spec = PlannerSpec(horizon=15, beam_width=128, n_expand=2, context=5, action_cdf=0.6)
+    dim = observation_dim + action_dim + 2
+
+    def seconds(position_embedding: str, cached: bool, batch: int) -> float:
+        config = ModelConfig(observation_dim=observation_dim, action_dim=action_dim, n_bins=bins, position_embedding=position_embedding)
+        model = TrajectoryTransformer(config).to(device).eval()
+        prefix = torch.randint(0, bins, (batch, 5 * dim + observation_dim), device=device)
+        generator = torch.Generator(device=device).manual_seed(0)
+        warm = PlannerSpec(horizon=2, beam_width=8, context=5, cached=cached)
+        plan(model, discretizer, warm, prefix, generator)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        plan(model, discretizer, PlannerSpec(**{**spec.__dict__, "cached": cached}), prefix, generator)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    figures = {"device": str(device), "threads": torch.get_num_threads(),
+               "settings": "horizon 15, beam 128, n_expand 2, context 5, cdf 0.6, hopper-sized model"}
+    figures["b_cached_one_env_s"] = round(seconds("rotary", True, 1), 3)
+    figures["c_cached_batched_per_env_step_s"] = round(seconds("rotary", True, environments) / environments, 3)
+    figures["c_environments"] = environments
+    if not skip_published:
+        figures["a_published_s"] = round(seconds("learned", False, 1), 3)
+        figures["ratio_a_over_b"] = round(figures["a_published_s"] / figures["b_cached_one_env_s"], 1)
+    click.echo(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ class Discretizer:
     bin_means: np.ndarray  # (D, V) float64: mean training value per bin (midpoint if empty)
     observation_dim: int
     action_dim: int
+    dataset_sha256: str = ""  # the data it was fitted on, so later stages can check they belong together
 
     @property
     def n_bins(self) -> int:
@@ -96,15 +97,17 @@ class Discretizer:
             discretizer.bin_means = np.where(counts > 0, sums / np.maximum(counts, 1), discretizer.midpoints)
         return discretizer
 
-    def tokenize(self, data: np.ndarray) -> np.ndarray:
-        """(..., D) values to (..., D) int64 bin indices in [0, V-1]."""
+    def tokenize(self, data: np.ndarray, dims: slice | None = None) -> np.ndarray:
+        """(..., D) values to (..., D) int64 bin indices in [0, V-1]; `dims` says which
+        transition dimensions the last axis holds (all by default)."""
         data = np.asarray(data)
-        if data.shape[-1] != self.transition_dim:
-            raise PipelineError(f"discretizer: data has {data.shape[-1]} dims, the discretizer {self.transition_dim}")
-        flat = data.reshape(-1, self.transition_dim)
+        edges = self.edges[dims if dims is not None else slice(None)]
+        if data.shape[-1] != edges.shape[0]:
+            raise PipelineError(f"discretizer: data has {data.shape[-1]} dims, expected {edges.shape[0]}")
+        flat = data.reshape(-1, edges.shape[0])
         tokens = np.empty(flat.shape, dtype=np.int64)
-        for dim in range(self.transition_dim):
-            tokens[:, dim] = np.searchsorted(self.edges[dim, 1:-1], flat[:, dim], side="right")
+        for dim in range(edges.shape[0]):
+            tokens[:, dim] = np.searchsorted(edges[dim, 1:-1], flat[:, dim], side="right")
         return tokens.reshape(data.shape)
 
     def reconstruct(self, tokens: np.ndarray, dims: np.ndarray | slice | None = None) -> np.ndarray:
@@ -130,6 +133,7 @@ class Discretizer:
             "observation_dim": self.observation_dim,
             "action_dim": self.action_dim,
             "transition_dim": self.transition_dim,
+            "dataset_sha256": self.dataset_sha256,
             "layout": {
                 "observation": [0, self.observation_dim],
                 "action": [self.observation_dim, self.observation_dim + self.action_dim],
@@ -160,6 +164,7 @@ class Discretizer:
                 bin_means=np.asarray(content["bin_means"], dtype=np.float64),
                 observation_dim=int(content["observation_dim"]),
                 action_dim=int(content["action_dim"]),
+                dataset_sha256=str(content.get("dataset_sha256", "")),
             )
         except FileNotFoundError:
             raise PipelineError(f"no discretizer at {path}: run `dvc repro` for its discretize stage") from None

@@ -6,6 +6,11 @@ index of one dimension (V bins, token V = termination). Each dimension has its o
 token shares one embedding. Attention never looks at value tokens, so a placeholder value can
 sit in the context at planning time. Pre-LayerNorm blocks, GELU MLP, dropout everywhere.
 
+One departure: the published model still embeds the value token at its own position, so the
+prediction made there (the next observation's first token) depends on the placeholder value in
+the context. We embed every value input as one learned slot: value tokens are prediction
+targets only, and a placeholder changes no logit anywhere.
+
 Positions are a param: `learned` absolute embeddings as published, or `rotary` (RoPE), whose
 cached keys stay valid when the planner's context window slides (the planner issue needs it).
 
@@ -48,17 +53,17 @@ class ModelConfig:
         return len(self.goal_dims)
 
 
-def rotary_tables(positions: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of RoPE angles for integer `positions` (T,), shaped (T, head_dim / 2)."""
+def rotary_tables(positions: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """RoPE rotations e^(i position frequency) for integer `positions` (T,), shaped (T, head_dim / 2)."""
     inverse_frequency = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
     angles = positions.float()[:, None] * inverse_frequency[None, :]
-    return angles.cos(), angles.sin()
+    return torch.polar(torch.ones_like(angles), angles)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[..., :h/2], x[..., h/2:]) of a (B, heads, T, h) tensor."""
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1).type_as(x)
+def apply_rotary(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs of the last axis of a (..., T, head_dim) tensor."""
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(pairs * rotations).flatten(-2).type_as(x)
 
 
 class SelfAttention(nn.Module):
@@ -89,7 +94,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor, rotary=None) -> torch.Tensor:
         q, k, v = self.split_heads(x)
         if rotary is not None:
-            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+            q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
         return self.attend(q, k, v, mask)
 
 
@@ -122,10 +127,12 @@ class TrajectoryTransformer(nn.Module):
         super().__init__()
         self.config = config
         dims, bins, width = config.transition_dim, config.n_bins, config.n_embd
-        self.token_embedding = nn.Embedding(dims * bins + 1, width)  # + the shared termination token
+        # + the shared termination token and the value slot
+        self.token_embedding = nn.Embedding(dims * bins + 2, width)
         if config.position_embedding == "learned":
             self.position_embedding = nn.Parameter(torch.zeros(1, config.block_size, width))
-            self.goal_position_embedding = nn.Parameter(torch.zeros(1, config.goal_length, width))
+            if config.goal_length:
+                self.goal_position_embedding = nn.Parameter(torch.zeros(1, config.goal_length, width))
         elif config.position_embedding != "rotary":
             raise ValueError(f"unknown position embedding {config.position_embedding!r}")
         self.dropout = nn.Dropout(config.dropout)
@@ -145,14 +152,16 @@ class TrajectoryTransformer(nn.Module):
                 nn.init.zeros_(module.bias)
 
     # ---------------------------------------------------------------- pieces the planner reuses
-    def embed_tokens(self, tokens: torch.Tensor, first_position: int | torch.Tensor = 0) -> torch.Tensor:
-        """Embeddings of sequence tokens whose first token sits at `first_position` (counted in
-        tokens from the start of a transition-aligned sequence)."""
+    def token_ids(self, tokens: torch.Tensor, first_position: int | torch.Tensor = 0) -> torch.Tensor:
+        """Embedding rows of sequence tokens whose first token sits at `first_position` (counted
+        in tokens from the start of a transition-aligned sequence)."""
         dims, bins = self.config.transition_dim, self.config.n_bins
         position = first_position + torch.arange(tokens.shape[-1], device=tokens.device)
-        ids = tokens + (position % dims) * bins
-        ids = torch.where(tokens == bins, dims * bins, ids)
-        return self.token_embedding(ids)
+        ids = torch.where(tokens == bins, dims * bins, tokens + (position % dims) * bins)
+        return torch.where(position % dims == dims - 1, dims * bins + 1, ids)
+
+    def embed_tokens(self, tokens: torch.Tensor, first_position: int | torch.Tensor = 0) -> torch.Tensor:
+        return self.token_embedding(self.token_ids(tokens, first_position))
 
     def embed_goal(self, goal: torch.Tensor) -> torch.Tensor:
         embedding = self.token_embedding(goal + self.goal_dims * self.config.n_bins)
@@ -167,20 +176,36 @@ class TrajectoryTransformer(nn.Module):
         heads = self.heads[(first_position + torch.arange(hidden.shape[1], device=hidden.device)) % dims]
         return torch.einsum("btc,tvc->btv", hidden, heads)
 
-    def attention_mask(self, length: int, device) -> torch.Tensor:
-        """(G + T, G + T) boolean: causal, and no query looks at a value token's key."""
+    def is_value(self, positions: torch.Tensor) -> torch.Tensor:
+        return positions % self.config.transition_dim == self.config.transition_dim - 1
+
+    def visible(self, query_positions: torch.Tensor, key_positions: torch.Tensor, band: int | None) -> torch.Tensor:
+        """(Q, K) boolean: which keys each query may attend to. Causal, never a value token, and
+        with `band` (transitions) only keys inside the query's window (`window_start`)."""
+        allowed = (key_positions[None, :] <= query_positions[:, None]) & ~self.is_value(key_positions)[None, :]
+        if band is not None:
+            allowed &= key_positions[None, :] >= window_start(query_positions, band, self.config.transition_dim)[:, None]
+        return allowed
+
+    def attention_mask(self, length: int, device, band: int | None = None) -> torch.Tensor:
+        """(G + T, G + T) boolean mask of a forward pass; goal tokens are visible to everyone."""
         goal = self.config.goal_length
-        total = goal + length
-        causal = torch.ones(total, total, dtype=torch.bool, device=device).tril()
-        sequence_position = torch.arange(total, device=device) - goal
-        is_value = (sequence_position >= 0) & (sequence_position % self.config.transition_dim == self.config.transition_dim - 1)
-        return causal & ~is_value[None, :]
+        positions = torch.arange(length, device=device)
+        sequence = self.visible(positions, positions, band)
+        mask = torch.ones(goal + length, goal + length, dtype=torch.bool, device=device).tril()
+        mask[goal:, goal:] = sequence
+        return mask
 
     # ---------------------------------------------------------------- training and scoring
-    def forward(self, tokens: torch.Tensor, goal: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, T, V + 1) predicting token t + 1 from tokens <= t (and the goal prefix)."""
+    def forward(self, tokens: torch.Tensor, goal: torch.Tensor | None = None, band: int | None = None) -> torch.Tensor:
+        """Logits (B, T, V + 1) predicting token t + 1 from tokens <= t (and the goal prefix).
+
+        `band` (rotary positions only) restricts every query to its sliding window of `band`
+        transitions: the planner's window policy, computed here without a cache."""
         batch, length = tokens.shape
-        if length > self.config.block_size:
+        if band is not None and self.config.position_embedding != "rotary":
+            raise ValueError("a sliding window (band) needs rotary positions")
+        if length > self.config.block_size and band is None:
             raise ValueError(f"sequence of {length} tokens exceeds the block size {self.config.block_size}")
         x = self.embed_tokens(tokens)
         if self.config.position_embedding == "learned":
@@ -191,7 +216,7 @@ class TrajectoryTransformer(nn.Module):
         rotary = None
         if self.config.position_embedding == "rotary":
             rotary = rotary_tables(torch.arange(x.shape[1], device=x.device), self.config.n_embd // self.config.n_head)
-        mask = self.attention_mask(length, x.device)
+        mask = self.attention_mask(length, x.device, band)
         for block in self.blocks:
             x = block(x, mask, rotary)
         hidden = self.ln_f(x[:, self.config.goal_length :])
@@ -203,6 +228,14 @@ class TrajectoryTransformer(nn.Module):
         decay_ids = {id(p) for p in decay}
         rest = [p for p in self.parameters() if id(p) not in decay_ids]
         return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def window_start(positions: torch.Tensor, transitions: int, transition_dim: int) -> torch.Tensor:
+    """First visible position for a query at each position: the published planner crops its input
+    to at most `transitions` x D - 1 tokens, dropping whole transitions from the front."""
+    longest = transitions * transition_dim - 1
+    excess = (positions + 1 - longest).clamp(min=0)
+    return (excess + transition_dim - 1) // transition_dim * transition_dim
 
 
 TOKEN_GROUPS = ("observation", "action", "reward", "value")

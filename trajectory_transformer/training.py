@@ -36,6 +36,7 @@ from trajectory_transformer.trajectories import SequenceSpec, Windows, joined_pa
 
 CHECKPOINT_FORMAT = "trajectory-transformer-checkpoint/1"
 MODEL_FORMAT = "trajectory-transformer-model/1"
+HEADER_KEY = "trajectory_transformer"
 VALIDATION_SPLIT_SEED = 0  # the same held-out paths for every training seed
 
 
@@ -352,6 +353,9 @@ def train(
 
         boundary = update == total or any(update % every == 0 for every in (spec.run.eval_every, spec.run.checkpoint_every))
         if update % spec.run.log_every == 0 or boundary:
+            if world > 1:  # the loss of the global batch, not of this rank's slice
+                dist.all_reduce(running_loss)
+                running_loss /= world
             mean = (running_loss / running_steps).item()  # the only host sync, every log_every updates
             running["sum"] += mean * running_steps
             running["count"] += running_steps
@@ -406,7 +410,9 @@ def write_model(model: TrajectoryTransformer, config: ModelConfig, identity: Run
         # id, so identical weights would give different bytes and DVC would rerun downstream
         # stages for nothing; safetensors is also safe to read from an untrusted remote
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, scratch / "model.safetensors", metadata={"format": MODEL_FORMAT, "metadata": json.dumps(metadata, sort_keys=True)})
+        # one header key: safetensors writes its metadata map in hash order
+        header = json.dumps({"format": MODEL_FORMAT, "metadata": metadata}, sort_keys=True)
+        save_file(state, scratch / "model.safetensors", metadata={HEADER_KEY: header})
         write_json(scratch / "config.json", metadata)
 
 
@@ -417,11 +423,11 @@ def load_model(folder: Path, device: torch.device | str = "cpu") -> tuple[Trajec
         raise PipelineError(f"no model at {folder}: run its train stage (`dvc repro`) or `dvc pull`")
     try:
         with safe_open(path, framework="pt") as f:
-            header = f.metadata() or {}
+            header = json.loads((f.metadata() or {}).get(HEADER_KEY, "{}"))
             state = {key: f.get_tensor(key) for key in f.keys()}
         if header.get("format") != MODEL_FORMAT:
             raise ValueError(f"format {header.get('format')!r}")
-        metadata = json.loads(header["metadata"])
+        metadata = header["metadata"]
         model = TrajectoryTransformer(ModelConfig(**metadata["model_config"]))
         model.load_state_dict(state)
     except Exception as error:  # truncated or foreign file, or weights that do not fit the code

@@ -1,0 +1,78 @@
+import torch
+
+from trajectory_transformer.model import ModelConfig, TrajectoryTransformer, target_groups, token_losses, weighted_loss
+
+
+def tiny(**overrides):
+    torch.manual_seed(0)
+    config = ModelConfig(observation_dim=2, action_dim=1, n_bins=5, window=3, n_layer=2, n_head=2, n_embd=16, **overrides)
+    return TrajectoryTransformer(config).eval()
+
+
+def test_value_tokens_change_no_logit():
+    model = tiny()
+    dims = model.config.transition_dim  # 5: obs, obs, action, reward, value
+    tokens = torch.randint(0, 5, (3, model.config.block_size))
+    changed = tokens.clone()
+    changed[:, dims - 1 :: dims] = torch.randint(0, 6, changed[:, dims - 1 :: dims].shape)
+    assert not torch.equal(tokens, changed)
+    assert torch.allclose(model(tokens), model(changed), atol=0, rtol=0)
+    # any other token does change later logits
+    other = tokens.clone()
+    other[:, 0] = (other[:, 0] + 1) % 5
+    assert not torch.allclose(model(tokens)[:, 1:], model(other)[:, 1:])
+
+
+def test_value_tokens_change_no_logit_with_rotary_positions_and_a_goal():
+    model = tiny(position_embedding="rotary", goal_dims=[1])
+    tokens = torch.randint(0, 5, (2, 12))
+    goal = torch.randint(0, 5, (2, 1))
+    changed = tokens.clone()
+    changed[:, 4::5] = 0
+    assert torch.equal(model(tokens, goal), model(changed, goal))
+    assert not torch.allclose(model(tokens, goal), model(tokens, (goal + 1) % 5))
+
+
+def test_token_offsets_give_each_dimension_its_own_rows():
+    model = tiny()  # transition_dim 5, V = 5: rows 0..24 per dimension, 25 termination, 26 value slot
+    tokens = torch.tensor([0, 1, 4, 5, 3, 2, 5, 0])
+    assert model.token_ids(tokens).tolist() == [0, 6, 14, 25, 26, 2, 25, 10]
+    # continuing mid-sequence: the planner embeds token 7 on its own
+    assert model.token_ids(tokens[7:], first_position=7).tolist() == [10]
+
+
+def test_each_position_uses_its_own_head():
+    model = tiny()
+    with torch.no_grad():
+        for dim in range(5):
+            model.heads[dim].fill_(float(dim))
+    hidden = torch.ones(1, 7, 16)
+    logits = model.logits_at(hidden)
+    # every logit of position t is 16 * (t mod 5): the head of that position's dimension
+    assert logits[0, :, 0].tolist() == [16.0 * (t % 5) for t in range(7)]
+    assert model.logits_at(hidden[:, :2], first_position=3)[0, :, 0].tolist() == [48.0, 64.0]
+
+
+def test_targets_are_grouped_by_the_dimension_they_predict():
+    config = ModelConfig(observation_dim=2, action_dim=1, n_bins=5, window=2)
+    # inputs 0..8 predict tokens 1..9 of dims 1,2,3,4,0,1,2,3,4
+    assert target_groups(config, 9).tolist() == [0, 1, 2, 3, 0, 0, 1, 2, 3]
+
+
+def test_masked_positions_do_not_enter_the_loss():
+    logits = torch.randn(1, 4, 6)
+    targets = torch.tensor([[1, 2, 3, 4]])
+    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    weights, groups = torch.ones(4), torch.zeros(4, dtype=torch.long)
+    changed = logits.clone()
+    changed[0, 2:] = torch.randn(2, 6) * 10
+    base = weighted_loss(token_losses(logits, targets), mask, weights, groups)
+    assert base == weighted_loss(token_losses(changed, targets), mask, weights, groups)
+    assert base == (token_losses(logits, targets)[0, :2].sum() / 4)
+
+
+def test_hopper_sized_model_has_the_published_size():
+    config = ModelConfig(observation_dim=11, action_dim=3, n_bins=100)
+    model = TrajectoryTransformer(config)
+    assert config.block_size == 159
+    assert 1.1e6 < sum(p.numel() for p in model.parameters()) < 1.3e6  # about 1.2 M (REFERENCE.md 3)

@@ -1,0 +1,138 @@
+import numpy as np
+import pytest
+import torch
+
+from trajectory_transformer.datasets import Transitions
+from trajectory_transformer.discretization import DiscretizeSpec, Discretizer
+from trajectory_transformer.errors import PipelineError
+from trajectory_transformer.model import ModelConfig, TrajectoryTransformer
+from trajectory_transformer.planner import PlannerSpec, filter_logits, plan
+from trajectory_transformer.trajectories import SequenceSpec, joined_paths
+from trajectory_transformer.training import ArchitectureSpec, OptimSpec, RunIdentity, RunSpec, TrainSpec, load_model, tokenize_paths, train
+
+
+def random_setup(position_embedding="rotary", goal_dims=()):
+    torch.manual_seed(0)
+    N, M, V = 3, 2, 10
+    config = ModelConfig(observation_dim=N, action_dim=M, n_bins=V, window=6, n_layer=2, n_head=2, n_embd=16,
+                         dropout=0.0, position_embedding=position_embedding, goal_dims=list(goal_dims))
+    model = TrajectoryTransformer(config).eval()
+    data = np.random.default_rng(0).normal(size=(500, N + M + 2))
+    discretizer = Discretizer.fit(data, "quantile", DiscretizeSpec(n_bins=V), N, M)
+    prefix = torch.randint(0, V, (3, 3 * config.transition_dim + N), generator=torch.Generator().manual_seed(1))
+    return model, discretizer, prefix
+
+
+@pytest.mark.parametrize("mode", ["reward", "likelihood"])
+def test_cached_planning_equals_the_uncached_oracle(mode):
+    """Same window policy, same seed: the same sequence, and every generated token's
+    log-probability within 1e-4 of a full recomputation (the window slides: horizon > context)."""
+    model, discretizer, prefix = random_setup()
+    spec = PlannerSpec(mode=mode, horizon=5, beam_width=6, n_expand=3, context=3)
+    cached = plan(model, discretizer, spec, prefix, torch.Generator().manual_seed(0), cached=True)
+    full = plan(model, discretizer, spec, prefix, torch.Generator().manual_seed(0), cached=False)
+    assert torch.equal(cached.actions, full.actions)
+    assert torch.allclose(cached.token_log_probs, full.token_log_probs, atol=1e-4)
+    assert torch.allclose(cached.scores, full.scores, atol=1e-4)
+    # the log-probabilities are those of the model on the chosen sequence, recomputed from scratch
+    assert cached.token_log_probs.shape == (3, 5 * model.config.transition_dim - model.config.observation_dim)
+
+
+def test_planning_is_deterministic_for_a_seed_and_varies_with_it():
+    model, discretizer, prefix = random_setup()
+    spec = PlannerSpec(horizon=3, beam_width=4, n_expand=2, context=3, action_cdf=None)
+    first = plan(model, discretizer, spec, prefix, torch.Generator().manual_seed(3))
+    again = plan(model, discretizer, spec, prefix, torch.Generator().manual_seed(3))
+    assert torch.equal(first.actions, again.actions)
+    others = [plan(model, discretizer, spec, prefix, torch.Generator().manual_seed(s)).actions for s in range(4, 9)]
+    assert any(not torch.equal(first.actions, other) for other in others)
+
+
+def test_the_published_uncached_path_with_learned_positions_runs():
+    model, discretizer, prefix = random_setup("learned")
+    spec = PlannerSpec(horizon=3, beam_width=4, n_expand=2, context=3, cached=False)
+    result = plan(model, discretizer, spec, prefix, torch.Generator().manual_seed(0))
+    assert result.actions.shape == (3, 3, 2)
+    with pytest.raises(PipelineError, match="rotary"):
+        PlannerSpec(cached=True).check(model)
+    with pytest.raises(PipelineError, match="exceeds the model's window"):
+        PlannerSpec(context=7, cached=False).check(model)
+
+
+def test_the_probability_mass_rule_drops_the_least_likely_tokens():
+    logits = torch.log(torch.tensor([0.05, 0.1, 0.15, 0.3, 0.4]))
+    kept = filter_logits(logits, cdf=0.6, top_k=None).isfinite().tolist()
+    # cumulative ascending mass 0.05, 0.15, 0.30 stays below 0.6: those tokens go (as published)
+    assert kept == [False, False, False, True, True]
+    assert filter_logits(logits, cdf=None, top_k=2).isfinite().tolist() == [False, False, False, True, True]
+    assert filter_logits(logits, cdf=0.99, top_k=None).isfinite().tolist() == [False, False, False, False, True]
+
+
+def train_toy(tmp_path, transitions: Transitions, n_bins: int = 8, **model):
+    sequence = SequenceSpec(discount=0.9, window=3, max_path_length=10)
+    joined = np.concatenate(joined_paths(transitions, sequence))
+    discretizer = Discretizer.fit(joined, "uniform", DiscretizeSpec(n_bins=n_bins), transitions.observations.shape[1],
+                                  transitions.actions.shape[1])
+    spec = TrainSpec(model=ArchitectureSpec(n_layer=2, n_head=2, n_embd=32, dropout=0.0, position_embedding="rotary", **model),
+                     optim=OptimSpec(learning_rate=3e-3, batch_size=32, max_updates=300, warmup_updates=20),
+                     run=RunSpec(eval_every=300, checkpoint_every=1000, device="cpu", cpu_threads=2))
+    train(tokenize_paths(transitions, discretizer, sequence), discretizer, sequence, spec,
+          RunIdentity("toy", "a", "b", "uniform", 0), tmp_path / "m", tmp_path / "r", tmp_path / "c.pt", progress=False)
+    return load_model(tmp_path / "m")[0], discretizer
+
+
+def paths(rows: list[list[tuple]]) -> Transitions:
+    """Transitions from paths of (observation, action, reward) rows; each path ends in a time-out."""
+    flat = [row for path in rows for row in path]
+    ends = np.cumsum([len(p) for p in rows]) - 1
+    timeouts = np.zeros(len(flat), bool)
+    timeouts[ends] = True
+    return Transitions(np.array([[r[0]] for r in flat], np.float32), np.array([[r[1]] for r in flat], np.float32),
+                       np.array([r[2] for r in flat], np.float32), np.zeros(len(flat), bool), timeouts)
+
+
+def test_reward_mode_takes_the_higher_reward_branch(tmp_path):
+    # from state 0 the data take action 0 (reward 0) or action 7 (reward 7) equally often
+    data = paths([[(0, 0, 0), (1, 0, 0), (2, 0, 0)], [(0, 7, 7), (3, 0, 0), (4, 0, 0)]] * 40)
+    model, discretizer = train_toy(tmp_path, data)
+    prefix = torch.tensor([[int(discretizer.tokenize(np.array([0.0]), slice(0, 1))[0])]])
+    for mode, expected in (("reward", 7.0),):
+        spec = PlannerSpec(mode=mode, horizon=2, beam_width=8, n_expand=4, context=2, action_cdf=None)
+        result = plan(model, discretizer, spec, prefix, torch.Generator().manual_seed(0))
+        action = discretizer.reconstruct(result.actions[0, 0].numpy(), slice(1, 2))
+        assert action[0] == pytest.approx(expected)
+
+
+def test_likelihood_mode_imitates_a_deterministic_expert(tmp_path):
+    # the expert's action equals the state; states visit 0..7 in shuffled order
+    rng = np.random.default_rng(0)
+    data = paths([[(s, s, 0) for s in rng.permutation(8)[:4]] for _ in range(120)])
+    model, discretizer = train_toy(tmp_path, data)
+    spec = PlannerSpec(mode="likelihood", horizon=2, beam_width=8, n_expand=4, context=2)
+    states = np.arange(8, dtype=float)
+    prefix = torch.from_numpy(discretizer.tokenize(states[:, None], slice(0, 1)))
+    result = plan(model, discretizer, spec, prefix, torch.Generator().manual_seed(0))
+    actions = discretizer.reconstruct(result.actions[:, 0].numpy(), slice(1, 2))[:, 0]
+    assert np.allclose(actions, discretizer.reconstruct(prefix.numpy(), slice(0, 1))[:, 0])
+
+
+def test_goal_conditioned_mode_heads_for_the_goal(tmp_path):
+    """A line world: positions 0..7, actions move -1 (token 0) or +1 (token 7); random walks.
+    Conditioned on the final state, the first planned move points at the goal."""
+    rng = np.random.default_rng(0)
+    walks = []
+    for _ in range(300):
+        position, walk = int(rng.integers(1, 7)), []
+        for _ in range(3):
+            move = int(rng.choice([-1, 1])) if 0 < position < 7 else (1 if position == 0 else -1)
+            walk.append((position, 0 if move < 0 else 7, 0))
+            position += move
+        walk.append((position, 0, 0))
+        walks.append(walk)
+    model, discretizer = train_toy(tmp_path, paths(walks), goal="final-state")
+    spec = PlannerSpec(mode="likelihood", horizon=1, beam_width=8, n_expand=8, context=2, cached=False, action_cdf=None)
+    start = torch.tensor([[3], [3], [5], [2]])
+    goal = torch.tensor([[6], [0], [7], [0]])
+    result = plan(model, discretizer, spec, start, torch.Generator().manual_seed(0), goal=goal)
+    moves = result.actions[:, 0, 0].tolist()
+    assert moves == [7, 0, 7, 0]

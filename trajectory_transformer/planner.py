@@ -1,0 +1,391 @@
+"""Beam-search planning with the Trajectory Transformer (REFERENCE.md 4), read top to bottom.
+
+One call plans for E environments at once. Per environment the sequence is: the last `context`
+transitions seen (value slot = placeholder), the current observation, then `horizon` planned
+transitions. Every planned transition: each beam is expanded `n_expand` times, its action tokens
+are sampled (probability-mass rule `action_cdf`, or `action_top_k`), reward and value tokens are
+taken greedily, candidates are scored, duplicates dropped, the best `beam_width` kept, and the
+next observation is decoded greedily (`observation_top_k` = 1). The first action of the best
+sequence is executed, decoded with the discretizer's reconstruction.
+
+Scores (`mode`):
+- `reward`: sum_i discount^i E[r_i] + discount^(t+1) E[V_t], expectations over the
+  reconstruction table; a `value_function` (a learned critic) can replace E[V_t];
+- `likelihood`: the log-probability of every generated token (imitation; with a goal-conditioned
+  model the goal sits at the start of the sequence: goal reaching).
+
+Window policy. The published planner crops its input to the last `context` transitions before
+every forward pass. With rotary positions we apply that window to every query (sliding-window
+attention: token p sees keys from `window_start(p)` on), so cached keys stay valid as the window
+slides and nothing is re-encoded. Two decoders implement the same policy:
+- `FullDecoder`: no cache, the whole sequence through `model.forward` for every token (the oracle,
+  and the published algorithm with learned positions: the window is then cropped and re-encoded);
+- `CachedDecoder` (rotary only): keys and values kept per layer at three levels, so nothing is
+  copied per beam: the shared context (one per environment), the kept beams, and the fresh tokens
+  of the current candidates (beam x expansion); beams are re-indexed only when kept.
+"""
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+
+from trajectory_transformer.discretization import Discretizer
+from trajectory_transformer.errors import PipelineError
+from trajectory_transformer.model import TrajectoryTransformer, apply_rotary, rotary_tables, window_start
+
+
+@dataclass
+class PlannerSpec:
+    """The `plan` section of params.yaml (REFERENCE.md 4 defaults)."""
+
+    mode: Literal["reward", "likelihood"] = "reward"
+    horizon: int = 15
+    beam_width: int = 128
+    n_expand: int = 2
+    context: int = 5  # transitions of history before the current observation
+    action_cdf: float | None = 0.6  # drop the least likely tokens holding this much mass
+    action_top_k: int | None = None  # or sample among the k most likely (the appendix: 20)
+    observation_top_k: int = 1
+    discount: float = 0.99
+    replan_every: int = 1
+    cached: bool = True
+
+    def check(self, model: TrajectoryTransformer) -> None:
+        config = model.config
+        if self.cached and config.position_embedding != "rotary":
+            raise PipelineError("params plan.cached needs a model trained with train.model.position_embedding: rotary "
+                                "(learned positions must re-encode the window each step): set plan.cached false or retrain")
+        if self.cached and config.goal_length:
+            raise PipelineError("goal-conditioned planning runs uncached: set plan.cached false")
+        if config.position_embedding == "learned" and self.context > config.window:
+            raise PipelineError(f"params plan.context {self.context} exceeds the model's window of {config.window} "
+                                "transitions (learned positions): lower it or retrain with a longer sequence.window")
+        if self.observation_top_k != 1:
+            raise PipelineError("params plan.observation_top_k: only greedy observation decoding (1) is implemented")
+        if min(self.horizon, self.beam_width, self.n_expand, self.replan_every) < 1 or self.context < 2:
+            raise PipelineError("params plan.horizon, beam_width, n_expand and replan_every must be at least 1, "
+                                "plan.context at least 2 (a window of one transition cannot see a value's own transition)")
+        if self.replan_every > self.horizon:
+            raise PipelineError(f"params plan.replan_every {self.replan_every} exceeds the horizon {self.horizon}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoders: the same interface, with and without a cache
+
+
+class FullDecoder:
+    """No cache: every next-token distribution recomputes the whole visible sequence."""
+
+    def __init__(self, model: TrajectoryTransformer, context: int, prefix: torch.Tensor, goal: torch.Tensor | None):
+        self.model, self.context, self.goal = model, context, goal
+        self.tokens = prefix[:, None, None, :]  # (E, R, X, L)
+
+    @torch.no_grad()
+    def logits(self) -> torch.Tensor:
+        """(E, R, X, V + 1) distribution of the next token of every candidate."""
+        E, R, X, L = self.tokens.shape
+        flat = self.tokens.reshape(E * R * X, L)
+        goal = self.goal.repeat_interleave(R * X, dim=0) if self.goal is not None else None
+        if self.model.config.position_embedding == "rotary":
+            out = self.model(flat, goal, band=self.context)[:, -1]
+        else:  # the published crop: the last `context` transitions' worth of tokens, re-encoded
+            start = int(window_start(torch.tensor(L - 1), self.context, self.model.config.transition_dim))
+            out = self.model(flat[:, start:], goal)[:, -1]
+        return out.view(E, R, X, -1)
+
+    def expand(self, n: int) -> None:
+        self.tokens = self.tokens.expand(-1, -1, n, -1)
+
+    def append(self, tokens: torch.Tensor) -> None:
+        self.tokens = torch.cat([self.tokens, tokens[..., None]], dim=-1)
+
+    def select(self, beam: torch.Tensor, expansion: torch.Tensor) -> None:
+        env = torch.arange(beam.shape[0], device=beam.device)[:, None]
+        self.tokens = self.tokens[env, beam, expansion][:, :, None, :]
+
+
+class CachedDecoder:
+    """Incremental decoding with keys and values at three levels (see the module docstring)."""
+
+    def __init__(self, model: TrajectoryTransformer, context: int, prefix: torch.Tensor, goal: torch.Tensor | None):
+        self.model, self.context = model, context
+        config = model.config
+        self.head_dim = config.n_embd // config.n_head
+        E, P = prefix.shape
+        device = prefix.device
+        empty = lambda *shape: torch.empty(*shape, config.n_head, 0, self.head_dim, device=device)  # noqa: E731
+        self.shared = [(empty(E), empty(E)) for _ in model.blocks]
+        self.shared_positions = torch.empty(0, dtype=torch.long, device=device)
+        self.beams = [(empty(E, 1), empty(E, 1)) for _ in model.blocks]
+        self.beam_positions = self.shared_positions
+        # fresh tokens since the last selection: at most an observation, then an action, reward, value
+        self.capacity = config.transition_dim
+        self.fresh = [(empty(E, 1, 1), empty(E, 1, 1)) for _ in model.blocks]
+        self.fresh_length = 0
+        self.fresh_positions = self.shared_positions
+        logits = self._run(prefix[:, None, None, :], torch.arange(P, device=device), store_shared=True)
+        self.shared_positions = torch.arange(P, device=device)
+        self._logits = logits[..., -1, :]
+
+    @property
+    def _next_position(self) -> int:
+        for positions in (self.fresh_positions, self.beam_positions, self.shared_positions):
+            if positions.numel():
+                return int(positions[-1]) + 1
+        return 0
+
+    def logits(self) -> torch.Tensor:
+        return self._logits
+
+    @torch.no_grad()
+    def _run(self, tokens: torch.Tensor, positions: torch.Tensor, store_shared: bool = False) -> torch.Tensor:
+        """Run (E, R, X, T) new tokens at `positions` against everything cached, storing their
+        keys and values (as the shared context, or in the fresh buffers); returns their logits
+        (E, R, X, T, V + 1)."""
+        model = self.model
+        E, R, X, T = tokens.shape
+        x = model.embed_tokens(tokens.reshape(-1, T), positions[0]).view(E, R, X, T, -1)
+        rotations = rotary_tables(positions, self.head_dim)
+        fresh_end = self.fresh_length + (0 if store_shared else T)
+        fresh_positions = self.fresh_positions if store_shared else torch.cat([self.fresh_positions, positions])
+        # keys left of the first query's window are invisible to all queries: skip them
+        first_visible = int(window_start(positions[:1], self.context, model.config.transition_dim))
+        shared_positions = positions if store_shared else self.shared_positions
+        shared_from = int((shared_positions < first_visible).sum())
+        levels = [("shared", shared_from, shared_positions[shared_from:]), ("beam", 0, self.beam_positions),
+                  ("fresh", 0, fresh_positions)]
+        levels = [(name, start, p) for name, start, p in levels if p.numel()]
+        mask = model.visible(positions, torch.cat([p for _, _, p in levels]), self.context)
+        patterns = {"shared": "ehsd", "beam": "erhsd", "fresh": "erxhsd"}
+        scale = self.head_dim ** -0.5
+        for layer, block in enumerate(model.blocks):
+            q, k, v = block.attn.split_heads(block.ln_1(x).view(-1, T, x.shape[-1]))
+            q, k = apply_rotary(q, rotations), apply_rotary(k, rotations)
+            shape = (E, R, X, q.shape[1], T, self.head_dim)
+            q, k, v = q.reshape(shape), k.reshape(shape), v.reshape(shape)
+            if store_shared:
+                self.shared[layer] = (k[:, 0, 0], v[:, 0, 0])
+            else:
+                self.fresh[layer][0][:, :, :, :, self.fresh_length : fresh_end] = k
+                self.fresh[layer][1][:, :, :, :, self.fresh_length : fresh_end] = v
+            keys = {"shared": self.shared[layer], "beam": self.beams[layer], "fresh": self.fresh[layer]}
+            stores = []
+            for name, start, level_positions in levels:
+                level_k, level_v = keys[name]
+                end = start + level_positions.numel()
+                stores.append((name, level_k[..., start:end, :], level_v[..., start:end, :]))
+            scores = torch.cat([torch.einsum(f"erxhtd,{patterns[name]}->erxhts", q, level_k) for name, level_k, _ in stores], dim=-1)
+            weights = (scores * scale).masked_fill(~mask, float("-inf")).softmax(dim=-1)
+            parts = weights.split([level_k.shape[-2] for _, level_k, _ in stores], dim=-1)
+            y = sum(torch.einsum(f"erxhts,{patterns[name]}->erxhtd", w, level_v) for w, (name, _, level_v) in zip(parts, stores))
+            y = y.permute(0, 1, 2, 4, 3, 5).reshape(E, R, X, T, -1)
+            x = x + block.attn.proj(y)
+            x = x + block.mlp(block.ln_2(x))
+        hidden = model.ln_f(x).view(-1, T, x.shape[-1])
+        return model.logits_at(hidden, int(positions[0])).view(E, R, X, T, -1)
+
+    def expand(self, n: int) -> None:
+        """n candidates per beam from here on: fresh keys move to preallocated (E, R, n, ...)
+        buffers; what was fresh so far (the decoded observation) is the same for all n."""
+        E, R = self._logits.shape[:2]
+        config = self.model.config
+        fresh = []
+        for old_k, old_v in self.fresh:
+            k, v = (torch.empty(E, R, n, config.n_head, self.capacity, self.head_dim, device=self._logits.device) for _ in "kv")
+            k[..., : self.fresh_length, :] = old_k[..., : self.fresh_length, :]
+            v[..., : self.fresh_length, :] = old_v[..., : self.fresh_length, :]
+            fresh.append((k, v))
+        self.fresh = fresh
+        self._logits = self._logits.expand(-1, -1, n, -1)
+
+    def append(self, tokens: torch.Tensor) -> None:
+        position = torch.tensor([self._next_position], device=tokens.device)
+        logits = self._run(tokens[..., None], position)
+        self.fresh_length += 1
+        self.fresh_positions = torch.cat([self.fresh_positions, position])
+        self._logits = logits[..., -1, :]
+
+    def select(self, beam: torch.Tensor, expansion: torch.Tensor) -> None:
+        """Keep candidates (beam, expansion) as the new beams: their parent's keys followed by
+        their fresh ones; keys no future query can see (left of the window) are dropped."""
+        E, R = beam.shape
+        device = beam.device
+        first_visible = window_start(torch.tensor(self._next_position, device=device), self.context, self.model.config.transition_dim)
+        beam_from = int((self.beam_positions < first_visible).sum())
+        fresh_from = int((self.fresh_positions < first_visible).sum())
+        positions = torch.cat([self.beam_positions[beam_from:], self.fresh_positions[fresh_from:]])
+        env = torch.arange(E, device=device)[:, None]
+        beams = []
+        for (bk, bv), (fk, fv) in zip(self.beams, self.fresh):
+            parents = (env * bk.shape[1] + beam).reshape(-1)  # rows of the flattened (E * beams) cache
+            chosen = ((env * fk.shape[1] + beam) * fk.shape[2] + expansion).reshape(-1)
+            kept = []
+            for cache, rows, start, end in ((bk, parents, beam_from, bk.shape[-2]), (bv, parents, beam_from, bv.shape[-2]),
+                                            (fk, chosen, fresh_from, self.fresh_length), (fv, chosen, fresh_from, self.fresh_length)):
+                flat = cache[..., start:end, :].reshape(cache.shape[:-3].numel(), cache.shape[-3], end - start, cache.shape[-1])
+                kept.append(flat.index_select(0, rows).view(E, R, *flat.shape[1:]))
+            beams.append((torch.cat([kept[0], kept[2]], dim=-2), torch.cat([kept[1], kept[3]], dim=-2)))
+        self.beams = beams
+        self.beam_positions = positions
+        self.fresh = [(k.new_empty(E, R, 1, k.shape[2], self.capacity, k.shape[-1]),
+                       v.new_empty(E, R, 1, v.shape[2], self.capacity, v.shape[-1])) for k, v in self.beams]
+        self.fresh_length = 0
+        self.fresh_positions = torch.empty(0, dtype=torch.long, device=device)
+        self._logits = self._logits[env, beam, expansion][:, :, None, :]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+
+
+def filter_logits(logits: torch.Tensor, cdf: float | None, top_k: int | None) -> torch.Tensor:
+    """Restrict sampling: drop the least likely tokens that together hold `cdf` of the mass
+    (never the most likely one), or keep only the `top_k` most likely."""
+    if top_k is not None:
+        threshold = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        return logits.masked_fill(logits < threshold, float("-inf"))
+    if cdf is not None and cdf > 0:
+        probs = logits.softmax(dim=-1)
+        ascending, order = probs.sort(dim=-1)
+        dropped = ascending.cumsum(dim=-1) < cdf
+        dropped[..., -1] = False
+        drop = torch.zeros_like(dropped).scatter(-1, order, dropped)
+        return logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling with given uniforms, so tiny differences in logits (cached against
+    uncached) do not change the draw unless it falls on a boundary."""
+    cumulative = logits.softmax(dim=-1).cumsum(dim=-1)
+    return torch.searchsorted(cumulative, uniform[..., None].contiguous()).clamp(max=logits.shape[-1] - 1)[..., 0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The search
+
+
+@dataclass
+class Plan:
+    actions: torch.Tensor  # (E, H, M) action tokens of the best sequence of each environment
+    scores: torch.Tensor  # (E,) its score
+    token_log_probs: torch.Tensor  # (E, tokens) log-probability of each generated token of it
+
+
+ValueFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def plan(
+    model: TrajectoryTransformer,
+    discretizer: Discretizer,
+    spec: PlannerSpec,
+    prefix: torch.Tensor,
+    generator: torch.Generator,
+    goal: torch.Tensor | None = None,
+    value_function: ValueFunction | None = None,
+    cached: bool | None = None,
+) -> Plan:
+    """Plan for E environments. `prefix` (E, P): the context tokens (transitions, then the
+    current observation), transition-aligned. `value_function(observations, actions)` takes
+    decoded (..., N) observations and (..., M) actions of the last planned transition."""
+    config = model.config
+    N, M, V = config.observation_dim, config.action_dim, config.n_bins
+    device = prefix.device
+    E = prefix.shape[0]
+    decoder = (CachedDecoder if (spec.cached if cached is None else cached) else FullDecoder)(model, spec.context, prefix, goal)
+    table = torch.as_tensor(discretizer.table, dtype=torch.float32, device=device)  # (D, V)
+    reward_dim, value_dim = N + M, N + M + 1
+    discounts = spec.discount ** torch.arange(spec.horizon + 1, device=device, dtype=torch.float32)
+
+    R = 1
+    returns = torch.zeros(E, 1, device=device)  # discounted expected rewards so far
+    log_likelihood = torch.zeros(E, 1, device=device)
+    generated = torch.zeros(E, 1, 1, 0, dtype=torch.long, device=device)  # all planned tokens
+    token_log_probs = torch.zeros(E, 1, 1, 0, device=device)
+    observation = prefix[:, None, -N:]  # (E, R, N) tokens of the current planned state
+    hashes = torch.zeros(E, 1, dtype=torch.long, device=device)
+
+    def step(tokens: torch.Tensor, logits: torch.Tensor):
+        nonlocal generated, token_log_probs
+        log_probs = logits.log_softmax(dim=-1).gather(-1, tokens[..., None])[..., 0]
+        generated = torch.cat([generated.expand(*tokens.shape, -1), tokens[..., None]], dim=-1)
+        token_log_probs = torch.cat([token_log_probs.expand(*tokens.shape, -1), log_probs[..., None]], dim=-1)
+        decoder.append(tokens)
+        return log_probs
+
+    for t in range(spec.horizon):
+        X = spec.n_expand
+        decoder.expand(X)
+        step_likelihood = torch.zeros(E, R, X, device=device)
+        action_tokens = []
+        for _ in range(M):
+            logits = decoder.logits()[..., :V]
+            tokens = sample(filter_logits(logits, spec.action_cdf, spec.action_top_k),
+                            torch.rand(E, R, X, generator=generator, device=device))
+            step_likelihood += step(tokens, logits)
+            action_tokens.append(tokens)
+        reward_logits = decoder.logits()[..., :V]
+        reward = reward_logits.softmax(dim=-1) @ table[reward_dim]
+        step_likelihood += step(reward_logits.argmax(dim=-1), reward_logits)
+        value_logits = decoder.logits()[..., :V]
+        value = value_logits.softmax(dim=-1) @ table[value_dim]
+        step_likelihood += step(value_logits.argmax(dim=-1), value_logits)
+        actions = torch.stack(action_tokens, dim=-1)  # (E, R, X, M)
+        if value_function is not None:
+            decoded_obs = discretizer_decode(table, observation[:, :, None, :].expand(E, R, X, N), 0)
+            value = value_function(decoded_obs, discretizer_decode(table, actions, N))
+
+        candidate_returns = returns[..., None] + discounts[t] * reward
+        candidate_likelihood = log_likelihood[..., None] + step_likelihood
+        if spec.mode == "reward":
+            scores = candidate_returns + discounts[t + 1] * value
+        else:
+            scores = candidate_likelihood
+        # identical candidates plan identical futures: keep one of each
+        candidate_hashes = hashes[..., None] * 1_000_003 + (actions * (V + 1) ** torch.arange(M, device=device)).sum(-1)
+        scores = drop_duplicates(scores.reshape(E, R * X), candidate_hashes.reshape(E, R * X))
+        keep = min(spec.beam_width, R * X)
+        scores, index = scores.topk(keep, dim=-1)
+        beam, expansion = index // X, index % X
+        env = torch.arange(E, device=device)[:, None]
+        decoder.select(beam, expansion)
+        returns = candidate_returns[env, beam, expansion]
+        log_likelihood = candidate_likelihood[env, beam, expansion]
+        hashes = candidate_hashes[env, beam, expansion]
+        generated = generated[env, beam, expansion][:, :, None]
+        token_log_probs = token_log_probs[env, beam, expansion][:, :, None]
+        observation = observation[env, beam]
+        R = keep
+        if t == spec.horizon - 1:
+            break
+        next_observation = []
+        for _ in range(N):
+            logits = decoder.logits()[..., :V]
+            tokens = logits.argmax(dim=-1)
+            log_likelihood += step(tokens, logits)[..., 0]
+            next_observation.append(tokens[..., 0])
+        observation = torch.stack(next_observation, dim=-1)
+
+    best = scores.argmax(dim=-1)
+    env = torch.arange(E, device=device)
+    sequence = generated[env, best, 0]
+    D = config.transition_dim
+    planned = sequence.view(E, -1)
+    actions = torch.stack([planned[:, t * D : t * D + M] for t in range(spec.horizon)], dim=1)
+    return Plan(actions=actions, scores=scores[env, best], token_log_probs=token_log_probs[env, best, 0])
+
+
+def discretizer_decode(table: torch.Tensor, tokens: torch.Tensor, first_dim: int) -> torch.Tensor:
+    dims = torch.arange(first_dim, first_dim + tokens.shape[-1], device=tokens.device)
+    return table[dims, tokens.clamp(max=table.shape[1] - 1)]
+
+
+def drop_duplicates(scores: torch.Tensor, hashes: torch.Tensor) -> torch.Tensor:
+    """-inf for every candidate whose hash already appeared earlier in its environment's row."""
+    same = hashes[:, :, None] == hashes[:, None, :]
+    earlier = torch.ones(hashes.shape[1], hashes.shape[1], dtype=torch.bool, device=hashes.device).tril(-1)
+    duplicate = (same & earlier).any(dim=-1)
+    return scores.masked_fill(duplicate, float("-inf"))
