@@ -41,9 +41,10 @@ class Project:
                  f"suite={suite}")
 
 
-@pytest.fixture
-def project(tmp_path) -> Project:
-    path = tmp_path / "project"
+def make_project(root: Path) -> Project:
+    """A git repository at root/project holding the pipeline's files; its default DVC remote
+    (../../trajectory-transformer-dvc-storage) resolves to root/trajectory-transformer-dvc-storage."""
+    path = root / "project"
     path.mkdir()
     for name in PROJECT_FILES:
         source = ROOT / name
@@ -59,3 +60,8 @@ def project(tmp_path) -> Project:
     project.run("git", "add", "-A")
     project.run("git", "commit", "-qm", "init")
     return project
+
+
+@pytest.fixture
+def project(tmp_path) -> Project:
+    return make_project(tmp_path)

@@ -15,29 +15,37 @@ def test_suite_switch_and_incremental_reruns(project):
     assert "smoke" in json.dumps(shown)
     metrics = json.loads((project.path / "reports/datasets/reacher-medium.json").read_text())
     assert metrics["episodes"] == 40 and metrics["transitions"] == 2000
+    report = (project.path / "reports/results/results.md").read_text()
+    assert "| reacher-medium | " in report and "| pointmaze-umaze | " in report and "git revision" in report
+    assert (project.path / "reports/results/scores.png").stat().st_size > 1000
+    assert (project.path / "reports/results/training-reacher-medium.png").stat().st_size > 1000
+    assert (project.path / "reports/results/scores.tsv").read_text().startswith("method\taverage")
+    assert "average" in json.loads((project.path / "reports/metrics.json").read_text())
+    assert "reports/metrics.json" in project.dvc("metrics", "show").stdout
 
     # nothing changed: nothing runs
     assert project.stages_run() == []
 
-    # a discretizer param reruns discretize and train, never fetch
+    # a discretizer param reruns discretize and what follows, never fetch
     params["discretize"]["n_bins"] = 10
     (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert project.stages_run() == ["discretize@pointmaze-umaze-quantile", "discretize@reacher-medium-quantile",
                                     "evaluate@pointmaze-umaze-quantile-0", "evaluate@reacher-medium-quantile-0",
-                                    "train@pointmaze-umaze-quantile-0", "train@reacher-medium-quantile-0"]
+                                    "report", "train@pointmaze-umaze-quantile-0", "train@reacher-medium-quantile-0"]
     summary = json.loads((project.path / "data/discretized/reacher-medium/quantile/summary.json").read_text())
     assert summary["vocab_size"] == 11
 
-    # a training param reruns train and evaluate only
+    # a training param reruns train, evaluate and report only
     params["train"]["optim"]["max_updates"] = 10
     (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert project.stages_run() == ["evaluate@pointmaze-umaze-quantile-0", "evaluate@reacher-medium-quantile-0",
-                                    "train@pointmaze-umaze-quantile-0", "train@reacher-medium-quantile-0"]
+                                    "report", "train@pointmaze-umaze-quantile-0", "train@reacher-medium-quantile-0"]
 
-    # a planner param reruns evaluate only
+    # a planner param reruns evaluate (and report, if the evaluations changed) only
     params["plan"]["beam_width"] = 3
     (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert project.stages_run() == ["evaluate@pointmaze-umaze-quantile-0", "evaluate@reacher-medium-quantile-0"]
+    ran = project.stages_run()
+    assert ran[:2] == ["evaluate@pointmaze-umaze-quantile-0", "evaluate@reacher-medium-quantile-0"] and ran[2:] in ([], ["report"])
     metrics = json.loads((project.path / "reports/evaluate/reacher-medium/quantile/seed-0/metrics.json").read_text())
     assert metrics["episodes"] == 2
     config = json.loads((project.path / "models/reacher-medium/quantile/seed-0/config.json").read_text())
@@ -47,7 +55,7 @@ def test_suite_switch_and_incremental_reruns(project):
     params["datasets"]["reacher-medium"]["fetch"]["episodes"] = 30
     (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert project.stages_run() == ["discretize@reacher-medium-quantile", "evaluate@reacher-medium-quantile-0",
-                                    "fetch@reacher-medium", "train@reacher-medium-quantile-0"]
+                                    "fetch@reacher-medium", "report", "train@reacher-medium-quantile-0"]
     assert project.stages_run() == []
 
     # a discretizer that belongs to another dataset is refused by train, in one line

@@ -198,26 +198,36 @@ def generate_pointmaze(spec: FetchSpec, name: str) -> Path:
 
 
 def pointmaze_reference_returns(maze: str, episodes: int) -> tuple[float, float]:
-    """Mean evaluation-task return of uniform random actions and of the noise-free expert.
+    """Mean evaluation-task return of uniform random actions and of the noise-free expert."""
 
-    Seeded apart from the data (reference episode i resets with seed i), so every dataset of a
-    task shares the same reference returns."""
+    def expert(env, rng):
+        controller = mazes.WaypointExpert(env.unwrapped, mazes.LAYOUTS[maze], rng)
+        return lambda obs: np.clip(controller.action(obs["observation"][:2], obs["observation"][2:], env.evaluation_goal), -1, 1)
+
+    return reference_policy_returns(lambda: mazes.make_evaluation_env(maze), expert, episodes)
+
+
+def reacher_reference_returns(episodes: int) -> tuple[float, float]:
+    return reference_policy_returns(lambda: gym.make("Reacher-v5"), lambda env, rng: lambda obs: behavior.REACHER_EXPERT(obs, rng), episodes)
+
+
+def reference_policy_returns(make_env, make_expert, episodes: int) -> tuple[float, float]:
+    """(random, expert) mean returns over `episodes` seeded episodes. Seeded apart from the data
+    (reference episode i resets with seed i), so every dataset of a task shares them."""
     results = []
+    env = make_env()
     for policy in ("random", "expert"):
         rng = np.random.default_rng(episodes)
         returns = []
         for episode in range(episodes):
-            env = mazes.make_evaluation_env(maze)
             obs, _ = env.reset(seed=episode)
-            expert = mazes.WaypointExpert(env.unwrapped, mazes.LAYOUTS[maze], rng)
+            if policy == "expert":
+                act = make_expert(env, rng)
+            else:
+                act = lambda _: behavior.uniform_random_action(rng, env.action_space.shape[0])  # noqa: E731
             total, done = 0.0, False
             while not done:
-                if policy == "random":
-                    action = behavior.uniform_random_action(rng, 2)
-                else:
-                    state = obs["observation"]
-                    action = np.clip(expert.action(state[:2], state[2:], env.evaluation_goal), -1, 1)
-                obs, reward, terminated, truncated, _ = env.step(action)
+                obs, reward, terminated, truncated, _ = env.step(act(obs))
                 total += reward
                 done = terminated or truncated
             returns.append(total)
@@ -264,29 +274,6 @@ def create_dataset(collector, name: str, **metadata) -> None:
             **metadata,
         )
     collector.close()
-
-
-def reacher_reference_returns(episodes: int) -> tuple[float, float]:
-    """As `pointmaze_reference_returns`, for Reacher-v5."""
-    env = gym.make("Reacher-v5")
-    results = []
-    for policy in ("random", "expert"):
-        rng = np.random.default_rng(episodes)
-        returns = []
-        for episode in range(episodes):
-            obs, _ = env.reset(seed=episode)
-            total, done = 0.0, False
-            while not done:
-                if policy == "random":
-                    action = behavior.uniform_random_action(rng, 2)
-                else:
-                    action = behavior.REACHER_EXPERT(obs, rng)
-                obs, reward, terminated, truncated, _ = env.step(action)
-                total += reward
-                done = terminated or truncated
-            returns.append(total)
-        results.append(float(np.mean(returns)))
-    return results[0], results[1]
 
 
 # ---------------------------------------------------------------------------------------------

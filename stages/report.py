@@ -1,0 +1,162 @@
+"""Stage `report`: the paper's tables and figures from our own runs (reports/results.md)."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import click
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+
+from trajectory_transformer.artifacts import atomic_directory, write_json  # noqa: E402
+from trajectory_transformer.cli import stage_command  # noqa: E402
+from trajectory_transformer.config import load_params, parse, section  # noqa: E402
+from trajectory_transformer.datasets import DatasetSpec  # noqa: E402
+from trajectory_transformer.discretization import DiscretizeSpec  # noqa: E402
+from trajectory_transformer.evaluation import EvaluateSpec  # noqa: E402
+from trajectory_transformer.reporting import (  # noqa: E402
+    PUBLISHED_AVERAGES, collect, interquartile_mean, method_name, published_table, score_table,
+)
+from trajectory_transformer.training import TrainSpec  # noqa: E402
+
+
+def is_maze(spec: DatasetSpec) -> bool:
+    ids = " ".join(np.atleast_1d(spec.fetch.minari_id or []).astype(str))
+    return spec.fetch.generator == "pointmaze" or "maze" in ids
+
+
+def source(spec: DatasetSpec) -> str:
+    fetch = spec.fetch
+    if fetch.source == "minari":
+        return " + ".join(np.atleast_1d(fetch.minari_id).astype(str))
+    detail = fetch.maze if fetch.generator == "pointmaze" else fetch.quality
+    return f"generated: {fetch.generator} {detail}, seed {fetch.seed}"
+
+
+def environment(data_dir: Path) -> str:
+    metadata = json.loads((data_dir / "data" / "metadata.json").read_text())
+    spec = json.loads(metadata.get("eval_env_spec") or metadata["env_spec"])
+    return spec["id"]
+
+
+def revision() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def bar_figure(averages: dict[str, float], path: Path) -> None:
+    figure, axis = plt.subplots(figsize=(5, 3))
+    axis.bar(list(averages), list(averages.values()), color="#4c72b0")
+    axis.set_ylabel("average score")
+    axis.set_title("Average per method (our runs)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(figure)
+    path.with_suffix(".tsv").write_text("method\taverage\n" + "".join(f"{m}\t{v:.4f}\n" for m, v in averages.items()))
+
+
+def training_figure(train_root: Path, dataset: str, kinds: list[str], seeds: list[int], path: Path) -> bool:
+    rows = ["kind\tseed\tmetric\tupdate\tvalue"]
+    figure, axis = plt.subplots(figsize=(5, 3))
+    for kind in kinds:
+        for seed in seeds:
+            for metric in ("train/loss", "validation/observation", "validation/action"):
+                tsv = train_root / dataset / kind / f"seed-{seed}" / "live/plots/metrics" / f"{metric}.tsv"
+                if not tsv.exists():
+                    continue
+                table = np.loadtxt(tsv, skiprows=1, ndmin=2)
+                axis.plot(table[:, 0], table[:, 1], label=f"{kind} s{seed} {metric}")
+                rows += [f"{kind}\t{seed}\t{metric}\t{int(u)}\t{v:.6f}" for u, v in table]
+    if len(rows) == 1:
+        plt.close(figure)
+        return False
+    axis.set_xlabel("update")
+    axis.set_ylabel("cross-entropy")
+    axis.set_title(dataset)
+    axis.legend(fontsize=6)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(figure)
+    path.with_suffix(".tsv").write_text("\n".join(rows) + "\n")
+    return True
+
+
+@click.command()
+@click.option("--evaluations", type=click.Path(path_type=Path), default=Path("reports/evaluate"))
+@click.option("--training", type=click.Path(path_type=Path), default=Path("reports/train"))
+@click.option("--datasets-metrics", type=click.Path(path_type=Path), default=Path("reports/datasets"))
+@click.option("--data", type=click.Path(path_type=Path), default=Path("data/raw"))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("reports/results"))
+@click.option("--metrics", type=click.Path(path_type=Path), default=Path("reports/metrics.json"))
+@stage_command
+def main(evaluations: Path, training: Path, datasets_metrics: Path, data: Path, out_dir: Path, metrics: Path) -> None:
+    params = load_params()
+    specs = {name: parse(DatasetSpec, entry, f"datasets.{name}") for name, entry in section(params, "datasets").items()}
+    kinds = parse(DiscretizeSpec, section(params, "discretize"), "discretize").kinds
+    train = parse(TrainSpec, section(params, "train"), "train")
+    evaluate = parse(EvaluateSpec, section(params, "evaluate"), "evaluate")
+    methods = [method_name(kind) for kind in kinds]
+    results = collect(evaluations, list(specs), kinds, train.seeds)
+    mazes = [d for d in specs if is_maze(specs[d])]
+    others = [d for d in specs if d not in mazes]
+
+    lines = [f"# Results: suite `{params.get('suite_name', '?')}`", ""]
+    lines += ["Our runs: mean ± standard error over seeds × episodes; best per row in bold; "
+              "`missing` = not evaluated (never counted as zero).", ""]
+    if others:
+        lines += ["## Normalized return (Table 1 layout)", "", score_table(results, others, methods, maze=False)]
+    if mazes:
+        lines += ["## Success rate × 100 (Table 2 layout)", "", score_table(results, mazes, methods, maze=True)]
+        counts = [f"- {d}, {m}: {sum(r.successes)} of {len(r.successes)} episodes reached the goal"
+                  for d in mazes for m, r in results.get(d, {}).items()]
+        lines += counts + [""]
+    # returns and success rates are different quantities: aggregate each over its own datasets
+    iqm_datasets = others or mazes
+    iqm_of = "normalized return" if others else "success rate × 100"
+    lines += [f"## Interquartile mean of the {iqm_of} (95% bootstrap CI, all episodes)", "",
+              "| method | IQM | 95% CI | episodes |", "|---|---|---|---|"]
+    iqm = interquartile_mean({d: results[d] for d in iqm_datasets if d in results}, methods, set(mazes))
+    lines += [f"| {m} | {v['iqm']:.1f} | [{v['ci95_low']:.1f}, {v['ci95_high']:.1f}] | {v['episodes']} |" for m, v in iqm.items()]
+    lines += ["", "## Published numbers (the paper; not our runs)", ""]
+    published = published_table(list(specs))
+    lines += [published if published else "No dataset of this suite appears in the paper's tables "
+              "(the offline suite uses generated data).", ""]
+    lines += ["Published averages: " + "; ".join(f"{table}: " + ", ".join(f"{m} {v}" for m, v in row.items())
+                                                for table, row in PUBLISHED_AVERAGES.items()), ""]
+    lines += ["## Reproduce", "", f"- git revision: `{revision()}`; mujoco {mujoco.__version__}",
+              f"- seeds: {train.seeds}; episodes per seed: {evaluate.episodes}; evaluation seed: {evaluate.seed}"]
+    for name, spec in specs.items():
+        summary_file = datasets_metrics / f"{name}.json"
+        reference = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+        env = environment(data / name) if (data / name / "data" / "metadata.json").exists() else "?"
+        lines.append(f"- {name}: {source(spec)}; environment `{env}`; normalization: random "
+                     f"{reference.get('reference_random_return', float('nan')):.4g}, expert {reference.get('reference_expert_return', float('nan')):.4g}")
+    lines += ["", "Footnotes: generated datasets are not the paper's; the locomotion datasets of the paper suite "
+              "are Minari v0 (Gymnasium v5 environments), not D4RL v2, and are normalized with D4RL's constants.", ""]
+
+    averages = {"normalized_return": {}, "success_rate": {}}
+    for group, datasets in (("normalized_return", others), ("success_rate", mazes)):
+        for method in methods:
+            values = [results[d][method].cell(d in mazes)[0] for d in datasets if method in results.get(d, {})]
+            if values:
+                averages[group][method] = float(np.mean(values))
+    with atomic_directory(out_dir) as scratch:
+        (scratch / "results.md").write_text("\n".join(lines))
+        bar_figure(averages["normalized_return"] or averages["success_rate"], scratch / "scores.png")
+        for dataset in specs:
+            training_figure(training, dataset, kinds, train.seeds, scratch / f"training-{dataset}.png")
+    write_json(metrics, {
+        "score": {d: {m: results[d][m].cell(d in mazes)[0] for m in results[d]} for d in results},
+        "average": averages,
+        "iqm": {m: v["iqm"] for m, v in iqm.items()},
+    })
+
+
+if __name__ == "__main__":
+    main()

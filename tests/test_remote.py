@@ -1,0 +1,121 @@
+"""Remote storage: push from one clone, pull into fresh ones, and nothing is recomputed.
+Against the default local-directory remote and a real S3 endpoint (moto's standalone server)."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import Project
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """moto's standalone S3 server on 127.0.0.1, started and stopped here."""
+    pytest.importorskip("moto.server", reason="moto[server] is not installed: pip install -e '.[test]'")
+    pytest.importorskip("dvc_s3", reason="dvc-s3 is not installed: pip install -e '.[test]'")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        server.kill()
+        pytest.fail("moto's S3 server did not start")
+    import boto3
+
+    boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", **{k.lower(): v for k, v in S3_ENV.items() if k != "AWS_DEFAULT_REGION"},
+                 region_name="us-east-1").create_bucket(Bucket="trajectory-transformer")
+    yield f"http://127.0.0.1:{port}"
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def use_s3(project: Project, endpoint: str) -> None:
+    """The project's `s3` remote, pointed at the test server; settings stay in config.local."""
+    project.env.update(S3_ENV)
+    project.dvc("remote", "modify", "--local", "s3", "endpointurl", endpoint)
+
+
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory, s3_endpoint):
+    """The smoke suite built once, committed, and pushed (with the run-cache) to both remotes."""
+    from conftest import make_project
+
+    root = tmp_path_factory.mktemp("remote")
+    project = make_project(root)
+    project.compose("smoke")
+    project.dvc("repro")
+    project.run("git", "add", "-A")
+    project.run("git", "commit", "-qm", "smoke results")
+    project.dvc("push", "--run-cache")
+    use_s3(project, s3_endpoint)
+    project.dvc("push", "--run-cache", "-r", "s3")
+    return root, project
+
+
+def clone(root, project: Project, name: str) -> Project:
+    subprocess.run(["git", "clone", "-q", str(project.path), str(root / name)], check=True, env=project.env)
+    fresh = Project(root / name)
+    fresh.env = {k: v for k, v in project.env.items() if k not in S3_ENV}
+    return fresh
+
+
+def assert_nothing_to_do(fresh: Project) -> None:
+    assert "Data and pipelines are up to date" in fresh.dvc("status").stdout
+    assert fresh.stages_run() == []
+    assert (fresh.path / "models/reacher-medium/quantile/seed-0/model.safetensors").exists()
+
+
+def test_a_fresh_clone_pulls_from_the_default_local_remote(pushed):
+    root, project = pushed
+    fresh = clone(root, project, "local-clone")
+    assert not (fresh.path / "data/raw/reacher-medium").exists()
+    fresh.dvc("pull")
+    assert_nothing_to_do(fresh)
+
+
+def test_a_fresh_clone_pulls_from_s3(pushed, s3_endpoint):
+    root, project = pushed
+    fresh = clone(root, project, "s3-clone")
+    use_s3(fresh, s3_endpoint)
+    fresh.dvc("pull", "-r", "s3")
+    assert_nothing_to_do(fresh)
+
+
+def test_repro_pull_rebuilds_a_fresh_clone_without_running_anything(pushed):
+    root, project = pushed
+    fresh = clone(root, project, "repro-pull-clone")
+    output = fresh.dvc("repro", "--pull").stdout
+    assert "Running stage" not in output
+    assert_nothing_to_do(fresh)
+
+
+def test_the_run_cache_restores_reverted_params_without_recomputing(pushed):
+    """A clone with the pushed run-cache: change a planner param (evaluate reruns), change it
+    back, and the earlier outputs come back from the run-cache."""
+    root, project = pushed
+    fresh = clone(root, project, "run-cache-clone")
+    fresh.dvc("pull", "--run-cache")
+    params = (fresh.path / "params.yaml").read_text()
+    (fresh.path / "params.yaml").write_text(params.replace("beam_width: 4", "beam_width: 3"))
+    ran = fresh.stages_run()
+    assert ran[:2] == ["evaluate@pointmaze-umaze-quantile-0", "evaluate@reacher-medium-quantile-0"]
+    (fresh.path / "params.yaml").write_text(params)
+    output = fresh.dvc("repro").stdout
+    # report reruns only if the evaluations changed; then it too comes from the run-cache
+    assert "Running stage" not in output and output.count("is cached - skipping run") == len(ran)
+    assert "Data and pipelines are up to date" in fresh.dvc("status").stdout
+    assert os.path.exists(fresh.path / "reports/evaluate/reacher-medium/quantile/seed-0/metrics.json")
