@@ -230,11 +230,12 @@ class TrajectoryTransformer(nn.Module):
         return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-def window_start(positions: torch.Tensor, transitions: int, transition_dim: int) -> torch.Tensor:
+def window_start(positions: torch.Tensor | int, transitions: int, transition_dim: int) -> torch.Tensor | int:
     """First visible position for a query at each position: the published planner crops its input
     to at most `transitions` x D - 1 tokens, dropping whole transitions from the front."""
     longest = transitions * transition_dim - 1
-    excess = (positions + 1 - longest).clamp(min=0)
+    excess = positions + 1 - longest
+    excess = excess.clamp(min=0) if isinstance(excess, torch.Tensor) else max(excess, 0)
     return (excess + transition_dim - 1) // transition_dim * transition_dim
 
 

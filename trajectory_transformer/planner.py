@@ -91,7 +91,7 @@ class FullDecoder:
         if self.model.config.position_embedding == "rotary":
             out = self.model(flat, goal, band=self.context)[:, -1]
         else:  # the published crop: the last `context` transitions' worth of tokens, re-encoded
-            start = int(window_start(torch.tensor(L - 1), self.context, self.model.config.transition_dim))
+            start = window_start(L - 1, self.context, self.model.config.transition_dim)
             out = self.model(flat[:, start:], goal)[:, -1]
         return out.view(E, R, X, -1)
 
@@ -107,57 +107,59 @@ class FullDecoder:
 
 
 class CachedDecoder:
-    """Incremental decoding with keys and values at three levels (see the module docstring)."""
+    """Incremental decoding with keys and values at three levels (see the module docstring).
+
+    Each level holds a contiguous span of positions, kept as Python ints, so that bookkeeping
+    never waits for the device."""
 
     def __init__(self, model: TrajectoryTransformer, context: int, prefix: torch.Tensor, goal: torch.Tensor | None):
         self.model, self.context = model, context
         config = model.config
         self.head_dim = config.n_embd // config.n_head
         E, P = prefix.shape
-        device = prefix.device
-        empty = lambda *shape: torch.empty(*shape, config.n_head, 0, self.head_dim, device=device)  # noqa: E731
+        self.device = prefix.device
+        empty = lambda *shape: torch.empty(*shape, config.n_head, 0, self.head_dim, device=self.device)  # noqa: E731
         self.shared = [(empty(E), empty(E)) for _ in model.blocks]
-        self.shared_positions = torch.empty(0, dtype=torch.long, device=device)
         self.beams = [(empty(E, 1), empty(E, 1)) for _ in model.blocks]
-        self.beam_positions = self.shared_positions
         # fresh tokens since the last selection: at most an observation, then an action, reward, value
         self.capacity = config.transition_dim
         self.fresh = [(empty(E, 1, 1), empty(E, 1, 1)) for _ in model.blocks]
-        self.fresh_length = 0
-        self.fresh_positions = self.shared_positions
-        logits = self._run(prefix[:, None, None, :], torch.arange(P, device=device), store_shared=True)
-        self.shared_positions = torch.arange(P, device=device)
+        self.shared_span, self.beam_span, self.fresh_span = (0, 0), (P, P), (P, P)
+        logits = self._run(prefix[:, None, None, :], 0, store_shared=True)
+        self.shared_span = (0, P)
         self._logits = logits[..., -1, :]
 
     @property
-    def _next_position(self) -> int:
-        for positions in (self.fresh_positions, self.beam_positions, self.shared_positions):
-            if positions.numel():
-                return int(positions[-1]) + 1
-        return 0
+    def fresh_length(self) -> int:
+        return self.fresh_span[1] - self.fresh_span[0]
 
     def logits(self) -> torch.Tensor:
         return self._logits
 
+    def _first_visible(self, position: int) -> int:
+        return window_start(position, self.context, self.model.config.transition_dim)
+
     @torch.no_grad()
-    def _run(self, tokens: torch.Tensor, positions: torch.Tensor, store_shared: bool = False) -> torch.Tensor:
-        """Run (E, R, X, T) new tokens at `positions` against everything cached, storing their
-        keys and values (as the shared context, or in the fresh buffers); returns their logits
-        (E, R, X, T, V + 1)."""
+    def _run(self, tokens: torch.Tensor, first: int, store_shared: bool = False) -> torch.Tensor:
+        """Run (E, R, X, T) new tokens at positions first.. against everything cached, storing
+        their keys and values (as the shared context, or in the fresh buffers); returns their
+        logits (E, R, X, T, V + 1)."""
         model = self.model
         E, R, X, T = tokens.shape
-        x = model.embed_tokens(tokens.reshape(-1, T), positions[0]).view(E, R, X, T, -1)
+        positions = torch.arange(first, first + T, device=self.device)
+        x = model.embed_tokens(tokens.reshape(-1, T), first).view(E, R, X, T, -1)
         rotations = rotary_tables(positions, self.head_dim)
-        fresh_end = self.fresh_length + (0 if store_shared else T)
-        fresh_positions = self.fresh_positions if store_shared else torch.cat([self.fresh_positions, positions])
-        # keys left of the first query's window are invisible to all queries: skip them
-        first_visible = int(window_start(positions[:1], self.context, model.config.transition_dim))
-        shared_positions = positions if store_shared else self.shared_positions
-        shared_from = int((shared_positions < first_visible).sum())
-        levels = [("shared", shared_from, shared_positions[shared_from:]), ("beam", 0, self.beam_positions),
-                  ("fresh", 0, fresh_positions)]
-        levels = [(name, start, p) for name, start, p in levels if p.numel()]
-        mask = model.visible(positions, torch.cat([p for _, _, p in levels]), self.context)
+        fresh_start, fresh_end = self.fresh_span[0], self.fresh_span[1] + (0 if store_shared else T)
+        shared_span = (first, first + T) if store_shared else self.shared_span
+        # keys left of the first query's window are invisible to every query: skip them
+        visible = self._first_visible(first)
+        levels = []  # (name, first index kept within the level's buffer, span of positions kept)
+        for name, (start, end) in (("shared", shared_span), ("beam", self.beam_span), ("fresh", (fresh_start, fresh_end))):
+            kept = max(start, visible)
+            if end > kept:
+                levels.append((name, kept - start, (kept, end)))
+        key_positions = torch.cat([torch.arange(*span, device=self.device) for _, _, span in levels])
+        mask = model.visible(positions, key_positions, self.context)
         patterns = {"shared": "ehsd", "beam": "erhsd", "fresh": "erxhsd"}
         scale = self.head_dim ** -0.5
         for layer, block in enumerate(model.blocks):
@@ -168,14 +170,13 @@ class CachedDecoder:
             if store_shared:
                 self.shared[layer] = (k[:, 0, 0], v[:, 0, 0])
             else:
-                self.fresh[layer][0][:, :, :, :, self.fresh_length : fresh_end] = k
-                self.fresh[layer][1][:, :, :, :, self.fresh_length : fresh_end] = v
+                self.fresh[layer][0][:, :, :, :, self.fresh_length : self.fresh_length + T] = k
+                self.fresh[layer][1][:, :, :, :, self.fresh_length : self.fresh_length + T] = v
             keys = {"shared": self.shared[layer], "beam": self.beams[layer], "fresh": self.fresh[layer]}
             stores = []
-            for name, start, level_positions in levels:
+            for name, offset, (start, end) in levels:
                 level_k, level_v = keys[name]
-                end = start + level_positions.numel()
-                stores.append((name, level_k[..., start:end, :], level_v[..., start:end, :]))
+                stores.append((name, level_k[..., offset : offset + end - start, :], level_v[..., offset : offset + end - start, :]))
             scores = torch.cat([torch.einsum(f"erxhtd,{patterns[name]}->erxhts", q, level_k) for name, level_k, _ in stores], dim=-1)
             weights = (scores * scale).masked_fill(~mask, float("-inf")).softmax(dim=-1)
             parts = weights.split([level_k.shape[-2] for _, level_k, _ in stores], dim=-1)
@@ -184,7 +185,7 @@ class CachedDecoder:
             x = x + block.attn.proj(y)
             x = x + block.mlp(block.ln_2(x))
         hidden = model.ln_f(x).view(-1, T, x.shape[-1])
-        return model.logits_at(hidden, int(positions[0])).view(E, R, X, T, -1)
+        return model.logits_at(hidden, first).view(E, R, X, T, -1)
 
     def expand(self, n: int) -> None:
         """n candidates per beam from here on: fresh keys move to preallocated (E, R, n, ...)
@@ -193,7 +194,7 @@ class CachedDecoder:
         config = self.model.config
         fresh = []
         for old_k, old_v in self.fresh:
-            k, v = (torch.empty(E, R, n, config.n_head, self.capacity, self.head_dim, device=self._logits.device) for _ in "kv")
+            k, v = (torch.empty(E, R, n, config.n_head, self.capacity, self.head_dim, device=self.device) for _ in "kv")
             k[..., : self.fresh_length, :] = old_k[..., : self.fresh_length, :]
             v[..., : self.fresh_length, :] = old_v[..., : self.fresh_length, :]
             fresh.append((k, v))
@@ -201,22 +202,18 @@ class CachedDecoder:
         self._logits = self._logits.expand(-1, -1, n, -1)
 
     def append(self, tokens: torch.Tensor) -> None:
-        position = torch.tensor([self._next_position], device=tokens.device)
-        logits = self._run(tokens[..., None], position)
-        self.fresh_length += 1
-        self.fresh_positions = torch.cat([self.fresh_positions, position])
+        logits = self._run(tokens[..., None], self.fresh_span[1])
+        self.fresh_span = (self.fresh_span[0], self.fresh_span[1] + 1)
         self._logits = logits[..., -1, :]
 
     def select(self, beam: torch.Tensor, expansion: torch.Tensor) -> None:
         """Keep candidates (beam, expansion) as the new beams: their parent's keys followed by
         their fresh ones; keys no future query can see (left of the window) are dropped."""
         E, R = beam.shape
-        device = beam.device
-        first_visible = window_start(torch.tensor(self._next_position, device=device), self.context, self.model.config.transition_dim)
-        beam_from = int((self.beam_positions < first_visible).sum())
-        fresh_from = int((self.fresh_positions < first_visible).sum())
-        positions = torch.cat([self.beam_positions[beam_from:], self.fresh_positions[fresh_from:]])
-        env = torch.arange(E, device=device)[:, None]
+        visible = self._first_visible(self.fresh_span[1])
+        beam_from = min(max(visible - self.beam_span[0], 0), self.beam_span[1] - self.beam_span[0])
+        fresh_from = min(max(visible - self.fresh_span[0], 0), self.fresh_length)
+        env = torch.arange(E, device=self.device)[:, None]
         beams = []
         for (bk, bv), (fk, fv) in zip(self.beams, self.fresh):
             parents = (env * bk.shape[1] + beam).reshape(-1)  # rows of the flattened (E * beams) cache
@@ -228,11 +225,10 @@ class CachedDecoder:
                 kept.append(flat.index_select(0, rows).view(E, R, *flat.shape[1:]))
             beams.append((torch.cat([kept[0], kept[2]], dim=-2), torch.cat([kept[1], kept[3]], dim=-2)))
         self.beams = beams
-        self.beam_positions = positions
+        self.beam_span = (max(self.beam_span[0], visible), self.fresh_span[1])  # the fresh span starts where the beams end
         self.fresh = [(k.new_empty(E, R, 1, k.shape[2], self.capacity, k.shape[-1]),
                        v.new_empty(E, R, 1, v.shape[2], self.capacity, v.shape[-1])) for k, v in self.beams]
-        self.fresh_length = 0
-        self.fresh_positions = torch.empty(0, dtype=torch.long, device=device)
+        self.fresh_span = (self.fresh_span[1], self.fresh_span[1])
         self._logits = self._logits[env, beam, expansion][:, :, None, :]
 
 
@@ -347,7 +343,9 @@ def plan(
         # identical candidates plan identical futures: keep one of each
         candidate_hashes = hashes[..., None] * 1_000_003 + (actions * (V + 1) ** torch.arange(M, device=device)).sum(-1)
         scores = drop_duplicates(scores.reshape(E, R * X), candidate_hashes.reshape(E, R * X))
-        keep = min(spec.beam_width, R * X)
+        # a sharp model makes most candidates duplicates: carry only as many beams as any
+        # environment has distinct candidates (one host sync per planned transition)
+        keep = min(spec.beam_width, int(torch.isfinite(scores).sum(dim=-1).max()))
         scores, index = scores.topk(keep, dim=-1)
         beam, expansion = index // X, index % X
         env = torch.arange(E, device=device)[:, None]
