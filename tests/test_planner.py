@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -29,8 +31,8 @@ def test_cached_planning_equals_the_uncached_oracle(mode):
     log-probability within 1e-4 of a full recomputation (the window slides: horizon > context)."""
     model, discretizer, prefix = random_setup()
     spec = PlannerSpec(mode=mode, horizon=5, beam_width=6, n_expand=3, context=3)
-    cached = plan(model, discretizer, spec, prefix, torch.Generator().manual_seed(0), cached=True)
-    full = plan(model, discretizer, spec, prefix, torch.Generator().manual_seed(0), cached=False)
+    cached = plan(model, discretizer, replace(spec, cached=True), prefix, torch.Generator().manual_seed(0))
+    full = plan(model, discretizer, replace(spec, cached=False), prefix, torch.Generator().manual_seed(0))
     assert torch.equal(cached.actions, full.actions)
     assert torch.allclose(cached.token_log_probs, full.token_log_probs, atol=1e-4)
     assert torch.allclose(cached.scores, full.scores, atol=1e-4)

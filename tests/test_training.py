@@ -1,4 +1,3 @@
-import json
 import os
 import signal
 import socket
@@ -13,7 +12,6 @@ import torch
 
 from toy_training import SEQUENCE, run, toy_setup, toy_spec, toy_transitions
 from trajectory_transformer.datasets import Transitions
-from trajectory_transformer.discretization import DiscretizeSpec, Discretizer
 from trajectory_transformer.errors import PipelineError
 from trajectory_transformer.training import RunIdentity, load_model, tokenize_paths, train
 

@@ -6,6 +6,7 @@
 """
 
 import json
+from dataclasses import replace
 import resource
 import subprocess
 import sys
@@ -167,7 +168,7 @@ def plan_call(environments: int, device: str, skip_published: bool) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        plan(model, discretizer, PlannerSpec(**{**spec.__dict__, "cached": cached}), prefix, generator)
+        plan(model, discretizer, replace(spec, cached=cached), prefix, generator)
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start

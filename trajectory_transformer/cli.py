@@ -1,7 +1,6 @@
 """What every stage command shares: one-line errors and quiet third-party warnings."""
 
 import functools
-import os
 import sys
 import warnings
 
@@ -15,7 +14,6 @@ def stage_command(function):
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
-        os.environ.setdefault("MUJOCO_GL", "egl")
         warnings.filterwarnings("ignore", module="gymnasium_robotics")
         try:
             return function(*args, **kwargs)

@@ -23,6 +23,7 @@ from trajectory_transformer.discretization import Discretizer
 from trajectory_transformer.errors import PipelineError
 from trajectory_transformer.model import TrajectoryTransformer
 from trajectory_transformer.planner import PlannerSpec, plan
+from trajectory_transformer.reporting import mean_and_stderr
 
 
 @dataclass
@@ -88,7 +89,7 @@ def evaluate(
     queued: list[np.ndarray] = [np.zeros((0, M))] * len(envs)
     bar = tqdm(total=limit, desc="evaluate", unit="step", disable=not progress, mininterval=2)
 
-    for step in range(limit):
+    for _ in range(limit):
         active = [i for i, e in enumerate(episodes) if not e.done]
         if not active:
             break
@@ -141,11 +142,10 @@ def flat_observation(observation, dataset: DatasetSpec) -> np.ndarray:
 
 def summarize(records: list[dict]) -> dict:
     """Mean and standard error over episodes: what `dvc exp show` lists."""
-    scores = np.array([r["normalized_score"] for r in records])
-    stderr = float(scores.std(ddof=1) / np.sqrt(len(scores))) if len(scores) > 1 else 0.0
+    score, stderr = mean_and_stderr([r["normalized_score"] for r in records])
     return {
         "episodes": len(records),
-        "normalized_score": float(scores.mean()),
+        "normalized_score": score,
         "normalized_score_stderr": stderr,
         "return": float(np.mean([r["return"] for r in records])),
         "success_rate": float(np.mean([r["success"] for r in records])),

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 import torch
-import torch.nn.functional as F
 
 from trajectory_transformer.discretization import Discretizer
 from trajectory_transformer.errors import PipelineError
@@ -282,7 +281,6 @@ def plan(
     generator: torch.Generator,
     goal: torch.Tensor | None = None,
     value_function: ValueFunction | None = None,
-    cached: bool | None = None,
 ) -> Plan:
     """Plan for E environments. `prefix` (E, P): the context tokens (transitions, then the
     current observation), transition-aligned. `value_function(observations, actions)` takes
@@ -291,7 +289,7 @@ def plan(
     N, M, V = config.observation_dim, config.action_dim, config.n_bins
     device = prefix.device
     E = prefix.shape[0]
-    decoder = (CachedDecoder if (spec.cached if cached is None else cached) else FullDecoder)(model, spec.context, prefix, goal)
+    decoder = (CachedDecoder if spec.cached else FullDecoder)(model, spec.context, prefix, goal)
     table = torch.as_tensor(discretizer.table, dtype=torch.float32, device=device)  # (D, V)
     reward_dim, value_dim = N + M, N + M + 1
     discounts = spec.discount ** torch.arange(spec.horizon + 1, device=device, dtype=torch.float32)

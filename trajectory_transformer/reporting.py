@@ -28,6 +28,13 @@ PUBLISHED_AVERAGES = {"Table 1": {"TT (quantile)": 78.9, "TT (uniform)": 72.6, "
                       "Table 2": {"TT+Q": 84.0, "IQL": 63.2, "CQL": 44.9, "DT": 11.8, "BC": 10.9}}
 
 
+def mean_and_stderr(values) -> tuple[float, float]:
+    """Mean and standard error (sample standard deviation / sqrt(n); 0 for a single value)."""
+    values = np.asarray(values, dtype=float)
+    error = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
+    return float(values.mean()), float(error)
+
+
 @dataclass
 class Result:
     """Every episode of one (dataset, method): normalized scores, successes, and how many seeds."""
@@ -37,9 +44,7 @@ class Result:
     seeds: int
 
     def cell(self, maze: bool) -> tuple[float, float]:
-        values = np.array(self.successes, float) * 100 if maze else np.array(self.scores)
-        error = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
-        return float(values.mean()), float(error)
+        return mean_and_stderr(np.array(self.successes, float) * 100 if maze else self.scores)
 
 
 def method_name(kind: str) -> str:

@@ -122,9 +122,9 @@ def tokenize_paths(transitions: Transitions, discretizer: Discretizer, sequence:
 def prepare(token_paths: list[np.ndarray], discretizer: Discretizer, sequence: SequenceSpec,
             goal_dims: list[int], validation_fraction: float) -> TokenData:
     """Hold out a fraction of paths, build both window sets and each path's goal tokens."""
-    order = np.random.default_rng(VALIDATION_SPLIT_SEED).permutation(len(token_paths))
-    held_out = int(round(validation_fraction * len(token_paths))) if len(token_paths) > 1 else 0
-    held_out = min(max(held_out, 1 if validation_fraction > 0 and len(token_paths) > 1 else 0), len(token_paths) - 1)
+    paths = len(token_paths)
+    order = np.random.default_rng(VALIDATION_SPLIT_SEED).permutation(paths)
+    held_out = 0 if paths < 2 or validation_fraction <= 0 else min(max(round(validation_fraction * paths), 1), paths - 1)
     validation_paths = [token_paths[i] for i in sorted(order[:held_out])]
     train_paths = [token_paths[i] for i in sorted(order[held_out:])]
 
@@ -296,7 +296,7 @@ def train(
     train_windows = data.train.to(device)
     validation_windows = data.validation.to(device) if data.validation is not None else None
     train_goals, validation_goals = data.train_goals.to(device), data.validation_goals.to(device)
-    batch_size = min(spec.optim.batch_size, len(train_windows) - len(train_windows) % world or world)
+    batch_size = min(spec.optim.batch_size, max(world, len(train_windows) // world * world))
     per_epoch, total, warmup = schedule(len(train_windows), spec.optim, batch_size)
     local_batch = batch_size // world
 
