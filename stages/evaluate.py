@@ -1,4 +1,9 @@
-"""Stage `evaluate`: run one trained model as a planner in its environment."""
+"""Stage `evaluate` and its variants: run one trained agent in its environment.
+
+- TT: `--model` and `--discretizer` (the planner of params `plan`);
+- TT+Q: the same plus `--critic` (an IQL agent from the `critic` stage scores the plans);
+- BC or IQL: `--policy` (an agent from the `bc` or `critic` stage acts alone).
+"""
 
 import json
 from pathlib import Path
@@ -9,42 +14,71 @@ import torch
 from trajectory_transformer.artifacts import atomic_directory, file_hash, folder_hash, write_json
 from trajectory_transformer.cli import stage_command
 from trajectory_transformer.config import load_params, parse, section
+from trajectory_transformer.critic import load_agent
 from trajectory_transformer.datasets import DatasetSpec
 from trajectory_transformer.discretization import Discretizer
 from trajectory_transformer.errors import PipelineError
-from trajectory_transformer.evaluation import EvaluateSpec, evaluate, summarize
+from trajectory_transformer.evaluation import EvaluateSpec, PlanningAgent, PolicyAgent, evaluate, summarize
 from trajectory_transformer.planner import PlannerSpec
-from trajectory_transformer.training import load_model, resolve_device
+from trajectory_transformer.training import load_model
+from trajectory_transformer.weights import resolve_device
+
+PLANNER_SEED_STRIDE = 7919  # planner randomness: a stream per (model seed, evaluation seed)
+
+
+def check_trained_on(metadata: dict, data_dir: Path, folder: Path) -> None:
+    if metadata["dataset_sha256"] != folder_hash(data_dir):
+        raise PipelineError(f"{folder} was trained on another dataset than {data_dir}: rerun its stage (`dvc repro`)")
 
 
 @click.command()
 @click.option("--dataset", required=True, help="key of the dataset under `datasets` in params.yaml")
-@click.option("--seed", type=int, required=True, help="the trained model's seed")
+@click.option("--seed", type=int, required=True, help="the trained agent's seed")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True)
-@click.option("--discretizer", "discretizer_dir", type=click.Path(path_type=Path), required=True)
-@click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), help="a trained Trajectory Transformer (TT, TT+Q)")
+@click.option("--discretizer", "discretizer_dir", type=click.Path(path_type=Path), help="its discretizer")
+@click.option("--critic", "critic_dir", type=click.Path(path_type=Path), help="an IQL agent whose critic scores plans (TT+Q)")
+@click.option("--policy", "policy_dir", type=click.Path(path_type=Path), help="a BC or IQL agent that acts alone")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
 @click.option("--timing", type=click.Path(path_type=Path), required=True, help="wall times, kept out of DVC outputs")
 @stage_command
-def main(dataset: str, seed: int, data_dir: Path, discretizer_dir: Path, model_dir: Path, out_dir: Path, timing: Path) -> None:
+def main(dataset: str, seed: int, data_dir: Path, model_dir: Path | None, discretizer_dir: Path | None,
+         critic_dir: Path | None, policy_dir: Path | None, out_dir: Path, timing: Path) -> None:
+    if (policy_dir is None) == (model_dir is None) or (model_dir is None) != (discretizer_dir is None) \
+            or (policy_dir is not None and critic_dir is not None):
+        raise click.UsageError("give --model and --discretizer (with --critic for TT+Q), or --policy alone")
     params = load_params()
     where = f"datasets.{dataset}"
     dataset_spec = parse(DatasetSpec, section(params, where), where)
-    planner = parse(PlannerSpec, section(params, "plan"), "plan")
     spec = parse(EvaluateSpec, section(params, "evaluate"), "evaluate")
     device = resolve_device(spec.device)
     if device.type == "cpu":
         torch.set_num_threads(spec.cpu_threads)
-    model, metadata = load_model(model_dir, device)
-    discretizer = Discretizer.load(discretizer_dir / "discretizer.json")
-    if metadata["discretizer_sha256"] != file_hash(discretizer_dir / "discretizer.json") or \
-            metadata["dataset_sha256"] != folder_hash(data_dir):
-        raise PipelineError(f"the model in {model_dir} was trained on another dataset or discretizer than "
-                            f"{data_dir} and {discretizer_dir}: rerun its train stage (`dvc repro`)")
-    records, times = evaluate(model, discretizer, dataset_spec, data_dir, planner, spec, seed, device)
+    if policy_dir is not None:
+        policy, metadata = load_agent(policy_dir, device)
+        check_trained_on(metadata, data_dir, policy_dir)
+        agent, weights = PolicyAgent(policy, device), policy_dir / "agent.safetensors"
+    else:
+        planner = parse(PlannerSpec, section(params, "plan"), "plan")
+        model, metadata = load_model(model_dir, device)
+        discretizer = Discretizer.load(discretizer_dir / "discretizer.json")
+        check_trained_on(metadata, data_dir, model_dir)
+        if metadata["discretizer_sha256"] != file_hash(discretizer_dir / "discretizer.json"):
+            raise PipelineError(f"the model in {model_dir} was trained with another discretizer than {discretizer_dir}: "
+                                "rerun its train stage (`dvc repro`)")
+        critic = None
+        if critic_dir is not None:
+            critic, critic_metadata = load_agent(critic_dir, device)
+            check_trained_on(critic_metadata, data_dir, critic_dir)
+            if not critic.with_critic:
+                raise PipelineError(f"{critic_dir} holds a {critic_metadata['algorithm']} agent without a critic: "
+                                    "pass an IQL agent from the `critic` stage")
+        agent = PlanningAgent(model, discretizer, planner, seed * PLANNER_SEED_STRIDE + spec.seed, device, critic)
+        weights = model_dir / "model.safetensors"
+    records, times = evaluate(agent, dataset_spec, data_dir, spec)
     summary = summarize(records)
     with atomic_directory(out_dir) as scratch:
-        write_json(scratch / "episodes.json", {"model_sha256": file_hash(model_dir / "model.safetensors"), "episodes": records})
+        write_json(scratch / "episodes.json", {"weights_sha256": file_hash(weights), "episodes": records})
         write_json(scratch / "metrics.json", summary)
     write_json(timing, times)
     click.echo(json.dumps(summary))

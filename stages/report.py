@@ -19,7 +19,7 @@ from trajectory_transformer.datasets import DatasetSpec  # noqa: E402
 from trajectory_transformer.discretization import DiscretizeSpec  # noqa: E402
 from trajectory_transformer.evaluation import EvaluateSpec  # noqa: E402
 from trajectory_transformer.reporting import (  # noqa: E402
-    PUBLISHED_AVERAGES, collect, interquartile_mean, method_name, published_table, score_table,
+    PUBLISHED_AVERAGES, collect, interquartile_mean, method_folders, published_table, score_table,
 )
 from trajectory_transformer.training import TrainSpec  # noqa: E402
 
@@ -101,21 +101,32 @@ def main(evaluations: Path, training: Path, datasets_metrics: Path, data: Path, 
     kinds = parse(DiscretizeSpec, section(params, "discretize"), "discretize").kinds
     train = parse(TrainSpec, section(params, "train"), "train")
     evaluate = parse(EvaluateSpec, section(params, "evaluate"), "evaluate")
-    methods = [method_name(kind) for kind in kinds]
-    results = collect(evaluations, list(specs), kinds, train.seeds)
+    critic_datasets = set(section(params, "critic.datasets"))
+    folders = method_folders(kinds)
+    results = collect(evaluations, list(specs), folders, train.seeds)
     mazes = [d for d in specs if is_maze(specs[d])]
     others = [d for d in specs if d not in mazes]
+
+    def methods_run(datasets: list[str]) -> list[str]:
+        """The columns of a table: every method the suite runs on one of its datasets."""
+        with_critic = any(d in critic_datasets for d in datasets)
+        return [m for folder, m in folders.items() if with_critic or not (folder.startswith("tt-q-") or folder == "iql")]
+
+    methods = methods_run(list(specs))
 
     lines = [f"# Results: suite `{params.get('suite_name', '?')}`", ""]
     lines += ["Our runs: mean ± standard error over seeds × episodes; best per row in bold; "
               "`missing` = not evaluated (never counted as zero).", ""]
     if others:
-        lines += ["## Normalized return (Table 1 layout)", "", score_table(results, others, methods, maze=False)]
+        lines += ["## Normalized return (Table 1 layout)", "", score_table(results, others, methods_run(others), maze=False)]
     if mazes:
-        lines += ["## Success rate × 100 (Table 2 layout)", "", score_table(results, mazes, methods, maze=True)]
+        lines += ["## Success rate × 100 (Table 2 layout)", "", score_table(results, mazes, methods_run(mazes), maze=True)]
         counts = [f"- {d}, {m}: {sum(r.successes)} of {len(r.successes)} episodes reached the goal"
                   for d in mazes for m, r in results.get(d, {}).items()]
         lines += counts + [""]
+        lines += ["Normalized return of the same episodes (the return counts the steps spent at the goal: "
+                  "how well an agent stays once there; for reference, not the paper's measure):", "",
+                  score_table(results, mazes, methods_run(mazes), maze=False)]
     # returns and success rates are different quantities: aggregate each over its own datasets
     iqm_datasets = others or mazes
     iqm_of = "normalized return" if others else "success rate × 100"

@@ -5,7 +5,7 @@ import torch
 from trajectory_transformer import evaluation
 from trajectory_transformer.datasets import DatasetSpec, FetchSpec, ObservationSpec, fetch, load_transitions
 from trajectory_transformer.discretization import DiscretizeSpec, Discretizer
-from trajectory_transformer.evaluation import EvaluateSpec, evaluate, summarize
+from trajectory_transformer.evaluation import EvaluateSpec, PlanningAgent, evaluate, summarize
 from trajectory_transformer.model import ModelConfig, TrajectoryTransformer
 from trajectory_transformer.planner import PlannerSpec
 from trajectory_transformer.trajectories import SequenceSpec, joined_paths
@@ -50,7 +50,8 @@ def test_the_executed_action_is_the_first_planned_action_decoded(reacher, monkey
 
     monkeypatch.setattr(evaluation, "plan", recording_plan)
     monkeypatch.setattr(evaluation, "make_env", lambda *a: Recorder(real_make_env(*a)))
-    evaluate(model, discretizer, spec, folder, PLANNER, EvaluateSpec(episodes=2, max_episode_steps=3), 0, torch.device("cpu"), progress=False)
+    agent = PlanningAgent(model, discretizer, PLANNER, 0, torch.device("cpu"))
+    evaluate(agent, spec, folder, EvaluateSpec(episodes=2, max_episode_steps=3), progress=False)
     first = plans[0].actions[:, 0].numpy()  # (episodes, action dims) tokens
     expected = discretizer.table[np.arange(10, 12), first]
     assert np.allclose(executed[0], np.clip(expected[0], -1, 1), atol=1e-6)
@@ -61,8 +62,8 @@ def test_the_executed_action_is_the_first_planned_action_decoded(reacher, monkey
 def test_evaluation_is_deterministic_and_summarized(reacher):
     spec, folder, joined, model = reacher
     discretizer = Discretizer.fit(joined, "quantile", DiscretizeSpec(n_bins=20), 10, 2)
-    run = lambda: evaluate(model, discretizer, spec, folder, PLANNER, EvaluateSpec(episodes=3, max_episode_steps=5),  # noqa: E731
-                           0, torch.device("cpu"), progress=False)[0]
+    run = lambda: evaluate(PlanningAgent(model, discretizer, PLANNER, 0, torch.device("cpu")), spec, folder,  # noqa: E731
+                           EvaluateSpec(episodes=3, max_episode_steps=5), progress=False)[0]
     first, second = run(), run()
     assert first == second
     assert [r["length"] for r in first] == [5, 5, 5]

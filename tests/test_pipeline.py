@@ -30,6 +30,7 @@ def test_suite_switch_and_incremental_reruns(project):
     params["discretize"]["n_bins"] = 10
     (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert project.stages_run() == ["discretize@pointmaze-umaze-quantile", "discretize@reacher-medium-quantile",
+                                    "evaluate-tt-q@pointmaze-umaze-quantile-0",
                                     "evaluate@pointmaze-umaze-quantile-0", "evaluate@reacher-medium-quantile-0",
                                     "report", "train@pointmaze-umaze-quantile-0", "train@reacher-medium-quantile-0"]
     summary = json.loads((project.path / "data/discretized/reacher-medium/quantile/summary.json").read_text())
@@ -38,14 +39,16 @@ def test_suite_switch_and_incremental_reruns(project):
     # a training param reruns train, evaluate and report only
     params["train"]["optim"]["max_updates"] = 10
     (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert project.stages_run() == ["evaluate@pointmaze-umaze-quantile-0", "evaluate@reacher-medium-quantile-0",
+    assert project.stages_run() == ["evaluate-tt-q@pointmaze-umaze-quantile-0",
+                                    "evaluate@pointmaze-umaze-quantile-0", "evaluate@reacher-medium-quantile-0",
                                     "report", "train@pointmaze-umaze-quantile-0", "train@reacher-medium-quantile-0"]
 
     # a planner param reruns evaluate (and report, if the evaluations changed) only
     params["plan"]["beam_width"] = 3
     (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     ran = project.stages_run()
-    assert ran[:2] == ["evaluate@pointmaze-umaze-quantile-0", "evaluate@reacher-medium-quantile-0"] and ran[2:] in ([], ["report"])
+    assert ran[:3] == ["evaluate-tt-q@pointmaze-umaze-quantile-0", "evaluate@pointmaze-umaze-quantile-0",
+                       "evaluate@reacher-medium-quantile-0"] and ran[3:] in ([], ["report"])
     metrics = json.loads((project.path / "reports/evaluate/reacher-medium/quantile/seed-0/metrics.json").read_text())
     assert metrics["episodes"] == 2
     config = json.loads((project.path / "models/reacher-medium/quantile/seed-0/config.json").read_text())
@@ -54,9 +57,29 @@ def test_suite_switch_and_incremental_reruns(project):
     # one dataset's fetch params rerun that dataset only
     params["datasets"]["reacher-medium"]["fetch"]["episodes"] = 30
     (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert project.stages_run() == ["discretize@reacher-medium-quantile", "evaluate@reacher-medium-quantile-0",
-                                    "fetch@reacher-medium", "report", "train@reacher-medium-quantile-0"]
+    assert project.stages_run() == ["bc@reacher-medium-0", "discretize@reacher-medium-quantile", "evaluate-bc@reacher-medium-0",
+                                    "evaluate@reacher-medium-quantile-0", "fetch@reacher-medium", "report",
+                                    "train@reacher-medium-quantile-0"]
     assert project.stages_run() == []
+
+    # a critic param reruns the critic and what uses it: TT+Q, IQL and the report
+    params["critic"]["expectile"] = 0.7
+    (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert project.stages_run() == ["critic@pointmaze-umaze-0", "evaluate-iql@pointmaze-umaze-0",
+                                    "evaluate-tt-q@pointmaze-umaze-quantile-0", "report"]
+    report = (project.path / "reports/results/results.md").read_text()
+    assert "| dataset | TT (quantile) | TT+Q (quantile) | IQL | BC |" in report  # the maze table
+    assert "| dataset | TT (quantile) | BC |" in report  # reacher: no critic
+
+    # a critic that belongs to another dataset, or none at all, is refused in one line
+    evaluate = [sys.executable, "stages/evaluate.py", "--dataset", "pointmaze-umaze", "--seed", "0",
+                "--data", "data/raw/pointmaze-umaze", "--discretizer", "data/discretized/pointmaze-umaze/quantile",
+                "--model", "models/pointmaze-umaze/quantile/seed-0", "--out", "reports/x", "--timing", "reports/x.json"]
+    result = project.run(*evaluate, "--critic", "models/reacher-medium/bc/seed-0", check=False)
+    assert result.returncode == 1 and "trained on another dataset" in result.stderr.strip().splitlines()[-1]
+    result = project.run(*evaluate, "--critic", "models/pointmaze-umaze/iql/seed-9", check=False)
+    assert result.returncode == 1 and "no weights at" in result.stderr.strip().splitlines()[-1]
+    assert not (project.path / "reports/x").exists()
 
     # a discretizer that belongs to another dataset is refused by train, in one line
     result = project.run(sys.executable, "stages/train.py", "--dataset", "reacher-medium", "--seed", "0",

@@ -93,16 +93,59 @@ def paths(rows: list[list[tuple]]) -> Transitions:
                        np.array([r[2] for r in flat], np.float32), np.zeros(len(flat), bool), timeouts)
 
 
-def test_reward_mode_takes_the_higher_reward_branch(tmp_path):
-    # from state 0 the data take action 0 (reward 0) or action 7 (reward 7) equally often
+@pytest.fixture(scope="module")
+def two_branches(tmp_path_factory):
+    """From state 0 the data take action 0 (reward 0, on to state 1) or action 7 (reward 7, on
+    to state 3) equally often."""
     data = paths([[(0, 0, 0), (1, 0, 0), (2, 0, 0)], [(0, 7, 7), (3, 0, 0), (4, 0, 0)]] * 40)
-    model, discretizer = train_toy(tmp_path, data)
+    model, discretizer = train_toy(tmp_path_factory.mktemp("branches"), data)
     prefix = torch.tensor([[int(discretizer.tokenize(np.array([0.0]), slice(0, 1))[0])]])
-    for mode, expected in (("reward", 7.0),):
-        spec = PlannerSpec(mode=mode, horizon=2, beam_width=8, n_expand=4, context=2, action_cdf=None)
-        result = plan(model, discretizer, spec, prefix, torch.Generator().manual_seed(0))
-        action = discretizer.reconstruct(result.actions[0, 0].numpy(), slice(1, 2))
-        assert action[0] == pytest.approx(expected)
+    return model, discretizer, prefix
+
+
+def first_action(two_branches, critic=None, **spec) -> float:
+    model, discretizer, prefix = two_branches
+    spec = PlannerSpec(**{"horizon": 2, "beam_width": 8, "n_expand": 4, "context": 2, "action_cdf": None, **spec})
+    result = plan(model, discretizer, spec, prefix, torch.Generator().manual_seed(0), critic=critic)
+    return float(discretizer.reconstruct(result.actions[0, 0].numpy(), slice(1, 2))[0])
+
+
+def test_reward_mode_takes_the_higher_reward_branch(two_branches):
+    assert first_action(two_branches) == pytest.approx(7.0)
+
+
+class PrefersTheSmallAction:
+    """A handcrafted critic that disagrees with the rewards: Q(s, a) = -10 a, V(s) = -10 s."""
+
+    def q(self, observations, actions):
+        return -10 * actions[..., 0]
+
+    def v(self, observations):
+        return -10 * observations[..., 0]
+
+
+@pytest.mark.parametrize("critic_score", ["q", "v"])
+def test_a_critic_overrides_the_value_token(two_branches, critic_score):
+    # q: Q(0, 0) = 0 beats Q(0, 7) = -70. v: 0 + 0.99 V(1) = -9.9 beats 7 + 0.99 V(3) = -22.7,
+    # with the next state decoded by the model for each candidate
+    critic = PrefersTheSmallAction()
+    assert first_action(two_branches, critic, horizon=1, critic_score=critic_score) == pytest.approx(0.0)
+    assert first_action(two_branches, None, horizon=1) == pytest.approx(7.0)
+
+
+def test_a_critic_with_the_uncached_oracle_plans_the_same(two_branches):
+    model, discretizer, prefix = two_branches
+    for critic_score in ("q", "v"):
+        spec = PlannerSpec(horizon=3, beam_width=4, n_expand=2, context=2, action_cdf=None, critic_score=critic_score)
+        cached = plan(model, discretizer, spec, prefix, torch.Generator().manual_seed(1), critic=PrefersTheSmallAction())
+        full = plan(model, discretizer, replace(spec, cached=False), prefix, torch.Generator().manual_seed(1), critic=PrefersTheSmallAction())
+        assert torch.equal(cached.actions, full.actions)
+        assert torch.allclose(cached.token_log_probs, full.token_log_probs, atol=1e-4)
+
+
+def test_a_critic_needs_reward_mode(two_branches):
+    with pytest.raises(PipelineError, match="reward-mode"):
+        PlannerSpec(mode="likelihood").check(two_branches[0], PrefersTheSmallAction())
 
 
 def test_likelihood_mode_imitates_a_deterministic_expert(tmp_path):

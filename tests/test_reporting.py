@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from trajectory_transformer.reporting import collect, interquartile_mean, published_table, score_table
+from trajectory_transformer.reporting import collect, interquartile_mean, method_folders, published_table, score_table
 
 
 def episodes(root, dataset, kind, seed, scores, successes=None):
@@ -20,7 +20,9 @@ def results(tmp_path):
     episodes(tmp_path, "B", "uniform", 0, [5.0, 15.0])
     episodes(tmp_path, "M", "quantile", 0, [0.0, 0.0, 0.0, 0.0], successes=[True, False, True, True])
     episodes(tmp_path, "M", "uniform", 0, [0.0, 0.0], successes=[False, False])
-    return collect(tmp_path, ["A", "B", "M"], ["quantile", "uniform"], [0, 1])
+    episodes(tmp_path, "M", "tt-q-quantile", 0, [0.0, 0.0], successes=[True, True])
+    episodes(tmp_path, "M", "bc", 1, [0.0, 0.0], successes=[True, False])
+    return collect(tmp_path, ["A", "B", "M"], method_folders(["quantile", "uniform"]), [0, 1])
 
 
 def test_the_table_is_exactly_the_hand_computed_one(results):
@@ -36,15 +38,17 @@ def test_the_table_is_exactly_the_hand_computed_one(results):
 
 def test_mazes_report_success_not_return(results):
     # 3 of 4 successes: 75 ± 100 * sqrt(0.25 * 4 / 3) / sqrt(4) = 25.0
-    assert score_table(results, ["M"], ["TT (quantile)", "TT (uniform)"], maze=True).splitlines()[2] == \
-        "| M | **75.0 ± 25.0** | 0.0 ± 0.0 |"
+    assert score_table(results, ["M"], ["TT (quantile)", "TT (uniform)", "TT+Q (quantile)", "IQL", "BC"], maze=True).splitlines()[2] == \
+        "| M | 75.0 ± 25.0 | 0.0 ± 0.0 | **100.0 ± 0.0** | missing | 50.0 ± 50.0 |"
+    assert results["M"]["BC"].seeds == 1
     assert results["A"]["TT (quantile)"].seeds == 2
 
 
 def test_published_numbers_stay_apart_and_only_for_known_rows():
     table = published_table(["hopper-medium", "reacher-medium", "antmaze-umaze"])
     assert "| hopper-medium | TT (quantile) | 61.1 ± 3.6 |" in table
-    assert "| antmaze-umaze | TT+Q | 100.0 ± 0.0 |" in table
+    assert "| antmaze-umaze | TT+Q (quantile) | 100.0 ± 0.0 |" in table
+    assert "| antmaze-umaze | IQL (CORL, AntMaze v2) | 77.0 |" in table
     assert "reacher" not in table
     assert published_table(["reacher-medium"]) is None
 

@@ -51,3 +51,18 @@ def folder_hash(path: Path) -> str:
         digest.update(file.relative_to(path).as_posix().encode() + b"\0")
         digest.update(file_hash(file).encode())
     return digest.hexdigest()
+
+
+def write_training_report(report_dir: Path, metrics: dict, history: list[dict]) -> None:
+    """`metrics.json` and dvclive curves (one point per entry of `history`, x = its "update")."""
+    from dvclive import Live  # noqa: PLC0415 (a heavy import only training stages need)
+
+    with atomic_directory(report_dir) as scratch:
+        write_json(scratch / "metrics.json", metrics)
+        live = Live(dir=str(scratch / "live"), save_dvc_exp=False, dvcyaml=False, report=None)
+        for entry in history:
+            live.step = entry["update"]
+            for name, value in entry.items():
+                if name != "update":
+                    live.log_metric(name, value)
+        live.end()

@@ -6,11 +6,12 @@
 """
 
 import json
-from dataclasses import replace
 import resource
 import subprocess
 import sys
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import click
 import numpy as np
@@ -141,7 +142,8 @@ def train_step(batch: int, steps: int, device: str, variant: str | None) -> None
 @click.option("--environments", default=10, show_default=True, help="batch for the batched figure")
 @click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default="cuda if available")
 @click.option("--skip-published", is_flag=True, help="skip (a), about a minute on a 2-core CPU")
-def plan_call(environments: int, device: str, skip_published: bool) -> None:
+@click.option("--figure", type=click.Path(path_type=Path), help="also draw the latencies as this PNG (numbers beside it as .tsv)")
+def plan_call(environments: int, device: str, skip_published: bool, figure: Path | None) -> None:
     """Seconds per planning call, hopper-sized model (random weights), the published hopper
     settings (horizon 15, beam 128, n_expand 2, 5 context transitions, cdf 0.6):
     (a) the published algorithm: no cache, one environment, the input cropped to the last 5
@@ -182,6 +184,31 @@ def plan_call(environments: int, device: str, skip_published: bool) -> None:
         figures["a_published_s"] = round(seconds("learned", False, 1), 3)
         figures["ratio_a_over_b"] = round(figures["a_published_s"] / figures["b_cached_one_env_s"], 1)
     click.echo(json.dumps(figures, indent=2))
+    if figure is not None:
+        latency_figure(figures, figure)
+
+
+def latency_figure(figures: dict, path: Path) -> None:
+    import matplotlib  # noqa: PLC0415 (only this option draws)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    bars = {label: figures[key] for key, label in (
+        ("a_published_s", "(a) published: uncached, 1 env"),
+        ("b_cached_one_env_s", "(b) ours: cached, 1 env"),
+        ("c_cached_batched_per_env_step_s", f"(c) ours: cached, {figures['c_environments']} envs, per env"),
+    ) if key in figures}
+    plot, axis = plt.subplots(figsize=(6, 2.5))
+    axis.barh(list(bars)[::-1], list(bars.values())[::-1], color="#4c72b0")
+    axis.set_xscale("log")
+    axis.set_xlabel(f"seconds per planning call ({figures['device']}, {figures['threads']} threads)")
+    axis.set_title(figures["settings"], fontsize=8)
+    plot.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plot.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(plot)
+    path.with_suffix(".tsv").write_text("configuration\tseconds\n" + "".join(f"{k}\t{v}\n" for k, v in bars.items()))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Evaluating a trained model as a receding-horizon planner in its real environment.
+"""Evaluating a trained agent in its real environment: TT or TT+Q as a receding-horizon planner,
+BC or IQL as a policy.
 
-All episodes of a model run together: one batched search plans for every environment still
-running (they all start together, so their contexts have the same length). Resets and planner
+All episodes of an agent run together: one batched search (or one policy batch) acts for every
+environment still running (they all start together, so planning contexts have the same length). Resets and planner
 randomness are seeded, so a CPU rerun gives identical episodes. Per episode: return, normalized
 score (D4RL's reference returns for locomotion, the dataset's own for generated data), success
 for mazes (counted from `info["success"]`, never read from the return), length.
@@ -19,10 +20,11 @@ from tqdm import tqdm
 
 from trajectory_transformer import mazes
 from trajectory_transformer.datasets import DatasetSpec, flatten_observations, normalized_score, open_dataset, reference_returns
+from trajectory_transformer.critic import OfflineAgent
 from trajectory_transformer.discretization import Discretizer
 from trajectory_transformer.errors import PipelineError
 from trajectory_transformer.model import TrajectoryTransformer
-from trajectory_transformer.planner import PlannerSpec, plan
+from trajectory_transformer.planner import Critic, PlannerSpec, plan
 from trajectory_transformer.reporting import mean_and_stderr
 
 
@@ -60,22 +62,80 @@ class Episode:
     done: bool = False
 
 
+class PlanningAgent:
+    """TT, or TT+Q with a critic: plans from the last `context` transitions seen (as tokens)
+    and the current observation, for every environment that needs a plan in one batched search;
+    executes `replan_every` actions of each plan, decoded with the discretizer's reconstruction."""
+
+    def __init__(self, model: TrajectoryTransformer, discretizer: Discretizer, planner: PlannerSpec, seed: int,
+                 device: torch.device, critic: Critic | None = None):
+        planner.check(model, critic)
+        self.model, self.discretizer, self.planner, self.critic, self.device = model, discretizer, planner, critic, device
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.seconds, self.calls = 0.0, 0
+
+    def reset(self, environments: int) -> None:
+        D, M = self.model.config.transition_dim, self.model.config.action_dim
+        self.history = [np.zeros((0, D), dtype=np.int64) for _ in range(environments)]
+        self.queued = [np.zeros((0, M))] * environments
+
+    def act(self, active: list[int], observations: list[np.ndarray]) -> list[np.ndarray]:
+        N, M = self.model.config.observation_dim, self.model.config.action_dim
+        need_plan = [i for i in active if len(self.queued[i]) == 0]
+        if need_plan:
+            prefix = torch.as_tensor(np.stack([
+                np.concatenate([self.history[i].reshape(-1), self.discretizer.tokenize(observations[i], slice(0, N))])
+                for i in need_plan
+            ]), device=self.device)
+            start = time.perf_counter()
+            result = plan(self.model, self.discretizer, self.planner, prefix, self.generator, critic=self.critic)
+            decoded = self.discretizer.reconstruct(result.actions.cpu().numpy(), slice(N, N + M))
+            self.seconds += time.perf_counter() - start
+            self.calls += 1
+            for row, i in enumerate(need_plan):
+                self.queued[i] = decoded[row, : self.planner.replan_every]
+        actions = []
+        for i in active:
+            actions.append(self.queued[i][0])
+            self.queued[i] = self.queued[i][1:]
+        return actions
+
+    def observe(self, i: int, observation: np.ndarray, action: np.ndarray, reward: float) -> None:
+        transition = np.concatenate([observation, action, [reward, 0.0]])
+        self.history[i] = np.concatenate([self.history[i], self.discretizer.tokenize(transition)[None]])[-self.planner.context :]
+
+
+class PolicyAgent:
+    """BC or IQL: the policy's mean action for every running environment, in one batch."""
+
+    def __init__(self, agent: OfflineAgent, device: torch.device):
+        self.agent, self.device = agent, device
+        self.seconds, self.calls = 0.0, 0
+
+    def reset(self, environments: int) -> None:
+        pass
+
+    def act(self, active: list[int], observations: list[np.ndarray]) -> list[np.ndarray]:
+        start = time.perf_counter()
+        batch = torch.as_tensor(np.stack([observations[i] for i in active]), dtype=torch.float32, device=self.device)
+        actions = list(self.agent.act(batch).cpu().numpy().astype(np.float64))
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+        return actions
+
+    def observe(self, i: int, observation: np.ndarray, action: np.ndarray, reward: float) -> None:
+        pass
+
+
 def evaluate(
-    model: TrajectoryTransformer,
-    discretizer: Discretizer,
+    agent: PlanningAgent | PolicyAgent,
     dataset: DatasetSpec,
     data_dir: Path,
-    planner: PlannerSpec,
     spec: EvaluateSpec,
-    model_seed: int,
-    device: torch.device,
     progress: bool = True,
 ) -> tuple[list[dict], dict]:
-    """Run `spec.episodes` episodes; returns per-episode records and timing (kept apart: wall
-    times must stay out of cached outputs)."""
-    planner.check(model)
-    config = model.config
-    N, M, D = config.observation_dim, config.action_dim, config.transition_dim
+    """Run `spec.episodes` episodes together; returns per-episode records and timing (kept
+    apart: wall times must stay out of cached outputs)."""
     reference = reference_returns(open_dataset(data_dir))
     envs = [make_env(dataset, data_dir) for _ in range(spec.episodes)]
     limit = envs[0].spec.max_episode_steps if envs[0].spec and envs[0].spec.max_episode_steps else 1000
@@ -83,35 +143,17 @@ def evaluate(
         limit = min(limit, spec.max_episode_steps)
     episodes = [Episode(seed=spec.seed * 10_000 + i) for i in range(spec.episodes)]
     observations = [flat_observation(env.reset(seed=e.seed)[0], dataset) for env, e in zip(envs, episodes)]
-    history = [np.zeros((0, D), dtype=np.int64) for _ in envs]  # context transitions as tokens
-    generator = torch.Generator(device=device).manual_seed(model_seed * 7919 + spec.seed)
-    planning_seconds, calls = 0.0, 0
-    queued: list[np.ndarray] = [np.zeros((0, M))] * len(envs)
+    agent.reset(len(envs))
     bar = tqdm(total=limit, desc="evaluate", unit="step", disable=not progress, mininterval=2)
 
     for _ in range(limit):
         active = [i for i, e in enumerate(episodes) if not e.done]
         if not active:
             break
-        need_plan = [i for i in active if len(queued[i]) == 0]
-        if need_plan:
-            prefix = torch.as_tensor(np.stack([
-                np.concatenate([history[i].reshape(-1), discretizer.tokenize(observations[i], slice(0, N))])
-                for i in need_plan
-            ]), device=device)
-            start = time.perf_counter()
-            result = plan(model, discretizer, planner, prefix, generator)
-            planning_seconds += time.perf_counter() - start
-            calls += 1
-            decoded = discretizer.reconstruct(result.actions.cpu().numpy(), slice(N, N + M))
-            for row, i in enumerate(need_plan):
-                queued[i] = decoded[row, : planner.replan_every]
-        for i in active:
-            action, queued[i] = queued[i][0], queued[i][1:]
+        for i, action in zip(active, agent.act(active, observations)):
             env_action = np.clip(action, envs[i].action_space.low, envs[i].action_space.high).astype(envs[i].action_space.dtype)
             obs, reward, terminated, truncated, info = envs[i].step(env_action)
-            transition = np.concatenate([observations[i], action, [reward, 0.0]])
-            history[i] = np.concatenate([history[i], discretizer.tokenize(transition)[None]])[-planner.context :]
+            agent.observe(i, observations[i], action, reward)
             observations[i] = flat_observation(obs, dataset)
             episode = episodes[i]
             episode.steps += 1
@@ -127,8 +169,7 @@ def evaluate(
         "success": e.success,
         "length": e.steps,
     } for e in episodes]
-    timing = {"planning_calls": calls, "planning_seconds": planning_seconds,
-              "seconds_per_call": planning_seconds / max(calls, 1)}
+    timing = {"calls": agent.calls, "seconds": agent.seconds, "seconds_per_call": agent.seconds / max(agent.calls, 1)}
     return records, timing
 
 

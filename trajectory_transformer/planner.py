@@ -8,9 +8,16 @@ taken greedily, candidates are scored, duplicates dropped, the best `beam_width`
 next observation is decoded greedily (`observation_top_k` = 1). The first action of the best
 sequence is executed, decoded with the discretizer's reconstruction.
 
-Scores (`mode`):
-- `reward`: sum_i discount^i E[r_i] + discount^(t+1) E[V_t], expectations over the
-  reconstruction table; a `value_function` (a learned critic) can replace E[V_t];
+Scores (`mode`), for a candidate whose last planned transition is t (s_t, a_t, r_t, V_t):
+- `reward`: sum_{i<=t} discount^i E[r_i] + discount^(t+1) E[V_t], expectations over the
+  reconstruction table. With a learned critic (TT+Q) the model's value token is replaced,
+  as `critic_score` says:
+  - `q`: sum_{i<t} discount^i E[r_i] + discount^t Q(s_t, a_t). Q already counts the reward of
+    (s_t, a_t), so the model's predicted r_t is left out of the last term; the critic judges the
+    very action being chosen, which is what separates the candidates of one beam.
+  - `v`: sum_{i<=t} discount^i E[r_i] + discount^(t+1) V(s_{t+1}), with s_{t+1} decoded greedily
+    for every candidate before selection (N more tokens per candidate rather than per kept beam).
+  Both critics are IQL's (REFERENCE.md 6): Q = min(Q1, Q2), in the units of its shifted rewards.
 - `likelihood`: the log-probability of every generated token (imitation; with a goal-conditioned
   model the goal sits at the start of the sequence: goal reaching).
 
@@ -26,7 +33,7 @@ slides and nothing is re-encoded. Two decoders implement the same policy:
 """
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal, Protocol
 
 import torch
 
@@ -50,9 +57,12 @@ class PlannerSpec:
     discount: float = 0.99
     replan_every: int = 1
     cached: bool = True
+    critic_score: Literal["q", "v"] = "q"  # how a critic (TT+Q) scores candidates: see the module docstring
 
-    def check(self, model: TrajectoryTransformer) -> None:
+    def check(self, model: TrajectoryTransformer, critic: "Critic | None" = None) -> None:
         config = model.config
+        if critic is not None and self.mode != "reward":
+            raise PipelineError("a critic scores reward-mode plans only: set plan.mode reward, or run without a critic")
         if self.cached and config.position_embedding != "rotary":
             raise PipelineError("params plan.cached needs a model trained with train.model.position_embedding: rotary "
                                 "(learned positions must re-encode the window each step): set plan.cached false or retrain")
@@ -269,7 +279,12 @@ class Plan:
     token_log_probs: torch.Tensor  # (E, tokens) log-probability of each generated token of it
 
 
-ValueFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+class Critic(Protocol):
+    """What TT+Q needs of a learned critic, on decoded (not tokenized) inputs."""
+
+    def q(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor: ...
+
+    def v(self, observations: torch.Tensor) -> torch.Tensor: ...
 
 
 @torch.no_grad()
@@ -280,11 +295,10 @@ def plan(
     prefix: torch.Tensor,
     generator: torch.Generator,
     goal: torch.Tensor | None = None,
-    value_function: ValueFunction | None = None,
+    critic: Critic | None = None,
 ) -> Plan:
     """Plan for E environments. `prefix` (E, P): the context tokens (transitions, then the
-    current observation), transition-aligned. `value_function(observations, actions)` takes
-    decoded (..., N) observations and (..., M) actions of the last planned transition."""
+    current observation), transition-aligned. `critic` replaces the value token (TT+Q)."""
     config = model.config
     N, M, V = config.observation_dim, config.action_dim, config.n_bins
     device = prefix.device
@@ -293,6 +307,7 @@ def plan(
     table = torch.as_tensor(discretizer.table, dtype=torch.float32, device=device)  # (D, V)
     reward_dim, value_dim = N + M, N + M + 1
     discounts = spec.discount ** torch.arange(spec.horizon + 1, device=device, dtype=torch.float32)
+    next_state_value = critic is not None and spec.critic_score == "v"
 
     R = 1
     returns = torch.zeros(E, 1, device=device)  # discounted expected rewards so far
@@ -309,6 +324,15 @@ def plan(
         token_log_probs = torch.cat([token_log_probs.expand(*tokens.shape, -1), log_probs[..., None]], dim=-1)
         decoder.append(tokens)
         return log_probs
+
+    def decode_observation(likelihood: torch.Tensor) -> torch.Tensor:
+        """Greedy observation tokens (E, R, X, N) of every current candidate."""
+        tokens = []
+        for _ in range(N):
+            logits = decoder.logits()[..., :V]
+            tokens.append(logits.argmax(dim=-1))
+            likelihood += step(tokens[-1], logits)
+        return torch.stack(tokens, dim=-1)
 
     for t in range(spec.horizon):
         X = spec.n_expand
@@ -328,16 +352,19 @@ def plan(
         value = value_logits.softmax(dim=-1) @ table[value_dim]
         step_likelihood += step(value_logits.argmax(dim=-1), value_logits)
         actions = torch.stack(action_tokens, dim=-1)  # (E, R, X, M)
-        if value_function is not None:
-            decoded_obs = discretizer_decode(table, observation[:, :, None, :].expand(E, R, X, N), 0)
-            value = value_function(decoded_obs, discretizer_decode(table, actions, N))
 
         candidate_returns = returns[..., None] + discounts[t] * reward
+        if next_state_value:
+            next_observation = decode_observation(step_likelihood)
+            value = critic.v(discretizer_decode(table, next_observation, 0))
         candidate_likelihood = log_likelihood[..., None] + step_likelihood
-        if spec.mode == "reward":
-            scores = candidate_returns + discounts[t + 1] * value
-        else:
+        if spec.mode == "likelihood":
             scores = candidate_likelihood
+        elif critic is not None and spec.critic_score == "q":
+            states = discretizer_decode(table, observation[:, :, None, :].expand(E, R, X, N), 0)
+            scores = returns[..., None] + discounts[t] * critic.q(states, discretizer_decode(table, actions, N))
+        else:
+            scores = candidate_returns + discounts[t + 1] * value
         # identical candidates plan identical futures: keep one of each
         candidate_hashes = hashes[..., None] * 1_000_003 + (actions * (V + 1) ** torch.arange(M, device=device)).sum(-1)
         scores = drop_duplicates(scores.reshape(E, R * X), candidate_hashes.reshape(E, R * X))
@@ -353,17 +380,11 @@ def plan(
         hashes = candidate_hashes[env, beam, expansion]
         generated = generated[env, beam, expansion][:, :, None]
         token_log_probs = token_log_probs[env, beam, expansion][:, :, None]
-        observation = observation[env, beam]
         R = keep
-        if t == spec.horizon - 1:
-            break
-        next_observation = []
-        for _ in range(N):
-            logits = decoder.logits()[..., :V]
-            tokens = logits.argmax(dim=-1)
-            log_likelihood += step(tokens, logits)[..., 0]
-            next_observation.append(tokens[..., 0])
-        observation = torch.stack(next_observation, dim=-1)
+        if next_state_value:
+            observation = next_observation[env, beam, expansion]
+        elif t < spec.horizon - 1:
+            observation = decode_observation(log_likelihood[..., None])[:, :, 0]
 
     best = scores.argmax(dim=-1)
     env = torch.arange(E, device=device)

@@ -19,9 +19,15 @@ PUBLISHED = {
         "halfcheetah-medium": (46.9, 0.4), "hopper-medium": (61.1, 3.6), "walker2d-medium": (79.0, 2.8),
         "halfcheetah-medium-replay": (41.9, 2.5), "hopper-medium-replay": (91.5, 3.6), "walker2d-medium-replay": (82.6, 6.9),
     },
-    "TT+Q": {
+    "TT+Q (quantile)": {
         "antmaze-umaze": (100.0, 0.0), "antmaze-medium-play": (93.3, 6.4), "antmaze-medium-diverse": (100.0, 0.0),
         "antmaze-large-play": (66.7, 12.2), "antmaze-large-diverse": (60.0, 12.7),
+    },
+    # not the paper: CORL's IQL on AntMaze v2 (4 seeds, last checkpoint; REFERENCE.md 6), no error bars published
+    "IQL (CORL, AntMaze v2)": {
+        "antmaze-umaze": (77.0, float("nan")), "antmaze-medium-play": (65.8, float("nan")),
+        "antmaze-medium-diverse": (73.8, float("nan")), "antmaze-large-play": (42.0, float("nan")),
+        "antmaze-large-diverse": (30.3, float("nan")),
     },
 }
 PUBLISHED_AVERAGES = {"Table 1": {"TT (quantile)": 78.9, "TT (uniform)": 72.6, "BC": 47.7, "CQL": 77.6, "DT": 74.7},
@@ -47,26 +53,28 @@ class Result:
         return mean_and_stderr(np.array(self.successes, float) * 100 if maze else self.scores)
 
 
-def method_name(kind: str) -> str:
-    return f"TT ({kind})"
+def method_folders(kinds: list[str]) -> dict[str, str]:
+    """Method of each evaluation folder (`dvc.yaml` names them), in table column order."""
+    return {**{kind: f"TT ({kind})" for kind in kinds}, **{f"tt-q-{kind}": f"TT+Q ({kind})" for kind in kinds},
+            "iql": "IQL", "bc": "BC"}
 
 
-def collect(evaluate_root: Path, datasets: list[str], kinds: list[str], seeds: list[int]) -> dict[str, dict[str, Result]]:
-    """results[dataset][method] from `evaluate_root/<dataset>/<kind>/seed-<s>/episodes.json`;
+def collect(evaluate_root: Path, datasets: list[str], folders: dict[str, str], seeds: list[int]) -> dict[str, dict[str, Result]]:
+    """results[dataset][method] from `evaluate_root/<dataset>/<folder>/seed-<s>/episodes.json`;
     a (dataset, method) with no seed evaluated is absent."""
     results: dict[str, dict[str, Result]] = {}
     for dataset in datasets:
-        for kind in kinds:
+        for folder, method in folders.items():
             scores, successes, found = [], [], 0
             for seed in seeds:
-                path = Path(evaluate_root) / dataset / kind / f"seed-{seed}" / "episodes.json"
+                path = Path(evaluate_root) / dataset / folder / f"seed-{seed}" / "episodes.json"
                 if path.exists():
                     episodes = json.loads(path.read_text())["episodes"]
                     scores += [e["normalized_score"] for e in episodes]
                     successes += [bool(e["success"]) for e in episodes]
                     found += 1
             if found:
-                results.setdefault(dataset, {})[method_name(kind)] = Result(scores, successes, found)
+                results.setdefault(dataset, {})[method] = Result(scores, successes, found)
     return results
 
 
@@ -107,7 +115,7 @@ def published_table(datasets: list[str]) -> str | None:
     if not rows:
         return None
     lines = ["| dataset | method | published |", "|---|---|---|"]
-    lines += [f"| {d} | {m} | {mean:.1f} ± {error:.1f} |" for d, m, (mean, error) in rows]
+    lines += [f"| {d} | {m} | {mean:.1f}{'' if np.isnan(error) else f' ± {error:.1f}'} |" for d, m, (mean, error) in rows]
     return "\n".join(lines) + "\n"
 
 

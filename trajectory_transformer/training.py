@@ -20,12 +20,10 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 from trajectory_transformer import __version__
-from trajectory_transformer.artifacts import atomic_directory, write_json
+from trajectory_transformer.artifacts import atomic_directory, write_json, write_training_report
 from trajectory_transformer.datasets import Transitions
 from trajectory_transformer.discretization import Discretizer
 from trajectory_transformer.errors import PipelineError
@@ -33,10 +31,10 @@ from trajectory_transformer.model import (
     TOKEN_GROUPS, ModelConfig, TrajectoryTransformer, parameter_count, target_groups, token_losses, weighted_loss,
 )
 from trajectory_transformer.trajectories import SequenceSpec, Windows, joined_paths
+from trajectory_transformer.weights import load_checkpoint, load_weights, resolve_device, save_checkpoint, save_weights
 
 CHECKPOINT_FORMAT = "trajectory-transformer-checkpoint/1"
 MODEL_FORMAT = "trajectory-transformer-model/1"
-HEADER_KEY = "trajectory_transformer"
 VALIDATION_SPLIT_SEED = 0  # the same held-out paths for every training seed
 
 
@@ -146,14 +144,6 @@ def prepare(token_paths: list[np.ndarray], discretizer: Discretizer, sequence: S
 # Devices, schedule, checkpoints
 
 
-def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise PipelineError("params train.run.device is cuda but this machine has no CUDA device: set it to auto or cpu")
-    if requested in ("cuda", "auto") and torch.cuda.is_available():
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
 def learning_rate(update: int, total: int, warmup: int, spec: OptimSpec) -> float:
     """Linear warm-up, then cosine decay to `final_lr_fraction` of the peak."""
     if update < warmup:
@@ -176,26 +166,6 @@ def schedule(windows: int, spec: OptimSpec, batch_size: int) -> tuple[int, int, 
 
 def epoch_order(seed: int, epoch: int, windows: int) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(windows))
-
-
-def save_atomic(content: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.with_name(f".{path.name}.partial")
-    torch.save(content, scratch)
-    os.replace(scratch, path)
-
-
-def load_trusted_shape(path: Path, expected_format: str) -> dict:
-    """torch.load with weights_only=True (never unpickle a file from a remote), checked."""
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise PipelineError(f"no checkpoint at {path}: run its train stage (`dvc repro`) or `dvc pull`") from None
-    except Exception as error:  # truncated zip, bad pickle opcodes, foreign objects
-        raise PipelineError(f"{path} is corrupt or truncated ({type(error).__name__}); delete it and rerun `dvc repro`, or `dvc pull` it again") from None
-    if not isinstance(content, dict) or content.get("format") != expected_format:
-        raise PipelineError(f"{path} is not a {expected_format} file; delete it and rerun `dvc repro`")
-    return content
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,7 +285,7 @@ def train(
     fingerprint = identity.fingerprint(spec, sequence)
     update, history, running = 0, [], {"sum": 0.0, "count": 0}
     if checkpoint.exists():
-        saved = load_trusted_shape(checkpoint, CHECKPOINT_FORMAT)
+        saved = load_checkpoint(checkpoint, CHECKPOINT_FORMAT)
         if saved["fingerprint"] == fingerprint:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
@@ -377,7 +347,7 @@ def train(
                      "cpu_rng": torch.get_rng_state()}
             if device.type == "cuda":
                 state["cuda_rng"] = torch.cuda.get_rng_state(device)
-            save_atomic(state, checkpoint)
+            save_checkpoint(state, checkpoint)
     bar.close()
 
     metrics = {"updates": total, "parameters": parameter_count(model), "train_windows": len(train_windows),
@@ -392,45 +362,16 @@ def train(
 
 def write_model(model: TrajectoryTransformer, config: ModelConfig, identity: RunIdentity, model_dir: Path,
                 report_dir: Path, metrics: dict, history: list[dict]) -> None:
-    from dvclive import Live  # noqa: PLC0415 (only rank 0 writes logs)
-
     metadata = {"model_config": asdict(config), **asdict(identity), "library_version": __version__,
                 "torch_version": torch.__version__.split("+")[0]}
-    with atomic_directory(report_dir) as scratch:
-        write_json(scratch / "metrics.json", metrics)
-        live = Live(dir=str(scratch / "live"), save_dvc_exp=False, dvcyaml=False, report=None)
-        for entry in history:
-            live.step = entry["update"]
-            for name, value in entry.items():
-                if name != "update":
-                    live.log_metric(name, value)
-        live.end()
+    write_training_report(report_dir, metrics, history)
     with atomic_directory(model_dir) as scratch:
-        # safetensors, not torch.save: torch.save stamps every file with a random serialization
-        # id, so identical weights would give different bytes and DVC would rerun downstream
-        # stages for nothing; safetensors is also safe to read from an untrusted remote
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        # one header key: safetensors writes its metadata map in hash order
-        header = json.dumps({"format": MODEL_FORMAT, "metadata": metadata}, sort_keys=True)
-        save_file(state, scratch / "model.safetensors", metadata={HEADER_KEY: header})
+        save_weights(model, scratch / "model.safetensors", MODEL_FORMAT, metadata)
         write_json(scratch / "config.json", metadata)
 
 
 def load_model(folder: Path, device: torch.device | str = "cpu") -> tuple[TrajectoryTransformer, dict]:
     """A trained model and its metadata, loaded without unpickling anything."""
-    path = Path(folder) / "model.safetensors"
-    if not path.exists():
-        raise PipelineError(f"no model at {folder}: run its train stage (`dvc repro`) or `dvc pull`")
-    try:
-        with safe_open(path, framework="pt") as f:
-            header = json.loads((f.metadata() or {}).get(HEADER_KEY, "{}"))
-            state = {key: f.get_tensor(key) for key in f.keys()}
-        if header.get("format") != MODEL_FORMAT:
-            raise ValueError(f"format {header.get('format')!r}")
-        metadata = header["metadata"]
-        model = TrajectoryTransformer(ModelConfig(**metadata["model_config"]))
-        model.load_state_dict(state)
-    except Exception as error:  # truncated or foreign file, or weights that do not fit the code
-        raise PipelineError(f"{path} is corrupt or does not match the model code ({type(error).__name__}); "
-                            "delete it and rerun `dvc repro`, or `dvc pull` it again") from None
+    model, metadata = load_weights(Path(folder) / "model.safetensors", MODEL_FORMAT,
+                                   lambda metadata: TrajectoryTransformer(ModelConfig(**metadata["model_config"])))
     return model.to(device).eval(), metadata

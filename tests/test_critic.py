@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+import torch
+
+from trajectory_transformer.critic import AgentIdentity, BCSpec, IQLSpec, expectile_loss, load_agent, train_agent
+from trajectory_transformer.datasets import Transitions
+from trajectory_transformer.errors import PipelineError
+from trajectory_transformer.evaluation import PolicyAgent
+
+
+def test_expectile_loss_matches_a_hand_computation():
+    # differences -2, 1, 3 at expectile 0.9: weights 0.1, 0.9, 0.9 -> (0.4 + 0.9 + 8.1) / 3
+    assert expectile_loss(torch.tensor([-2.0, 1.0, 3.0]), 0.9).item() == pytest.approx(9.4 / 3)
+    # expectile 0.5 is half the mean squared error
+    assert expectile_loss(torch.tensor([-2.0, 1.0, 3.0]), 0.5).item() == pytest.approx(0.5 * 14 / 3)
+
+
+def chain_walks(episodes: int = 400, seed: int = 0) -> Transitions:
+    """States 0..4 on a line; actions -1 (left) or +1 (right) uniformly at random; reward 1 on
+    the step that enters state 4, which ends the episode (terminal); at most 12 steps."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(episodes):
+        state = int(rng.integers(0, 4))
+        for step in range(12):
+            action = int(rng.choice([-1, 1]))
+            following = min(max(state + action, 0), 4)
+            terminal = following == 4
+            rows.append((state, action, float(terminal), terminal, step == 11 and not terminal))
+            state = following
+            if terminal:
+                break
+    columns = list(zip(*rows))
+    return Transitions(np.array(columns[0], np.float32)[:, None], np.array(columns[1], np.float32)[:, None],
+                       np.array(columns[2], np.float32), np.array(columns[3], bool), np.array(columns[4], bool))
+
+
+@pytest.fixture(scope="module")
+def chain_agent(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("iql")
+    spec = IQLSpec(hidden=[64, 64], updates=2500, batch_size=256, learning_rate=1e-3, discount=0.9, expectile=0.7,
+                   temperature=3.0, reward_shift=0.0, log_every=500, checkpoint_every=1000, device="cpu")
+    train_agent(chain_walks(), spec, AgentIdentity("chain", "x", "iql", 0), folder / "agent", folder / "report",
+                folder / "c.pt", progress=False)
+    return load_agent(folder / "agent")[0]
+
+
+def test_iql_on_a_chain_orders_the_values_correctly(chain_agent):
+    """The optimal values of the chain: V*(s) = 0.9^(3 - s), Q*(s, +1) = V*(s + 1) discounted
+    > Q*(s, -1). IQL with expectile 0.7 need not reach them, but must order them."""
+    states = torch.arange(4, dtype=torch.float32)[:, None]
+    right = chain_agent.q(states, torch.ones(4, 1))
+    left = chain_agent.q(states, -torch.ones(4, 1))
+    assert (right > left).all()
+    values = chain_agent.v(states)
+    assert (values[1:] > values[:-1]).all()
+    assert right[3].item() == pytest.approx(1.0, abs=0.15)  # entering the goal: reward 1, terminal
+    # the advantage-weighted actor prefers moving right
+    assert (chain_agent.act(states)[:, 0] > 0).all()
+
+
+def test_the_same_normalization_at_training_and_acting_time(tmp_path):
+    """Observations far from zero (1000 + x), actions 0.8 x: a policy that did not standardize
+    its inputs the same way when acting could not recover the expert."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(4000, 1)).astype(np.float32)
+    data = Transitions(1000 + x, 0.8 * x, np.zeros(4000, np.float32), np.zeros(4000, bool), np.zeros(4000, bool))
+    data.timeouts[::20] = True
+    spec = BCSpec(hidden=[64, 64], updates=1500, learning_rate=1e-3, log_every=500, checkpoint_every=1000, device="cpu")
+    train_agent(data, spec, AgentIdentity("line", "x", "bc", 0), tmp_path / "agent", tmp_path / "report", tmp_path / "c.pt", progress=False)
+    agent = load_agent(tmp_path / "agent")[0]
+    assert agent.observation_mean.item() == pytest.approx(1000 + x.mean(), abs=1e-3)
+    assert agent.observation_std.item() == pytest.approx(x.std(ddof=1), rel=1e-3)
+    probe = np.array([[999.5], [1000.0], [1000.5]])
+    acting = PolicyAgent(agent, torch.device("cpu"))
+    actions = np.array(acting.act([0, 1, 2], list(probe)))[:, 0]
+    assert np.allclose(actions, [-0.4, 0.0, 0.4], atol=0.08)
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    data = chain_walks(episodes=50)
+    spec = IQLSpec(hidden=[16], updates=40, batch_size=32, log_every=10, checkpoint_every=20, device="cpu")
+    identity = AgentIdentity("chain", "x", "iql", 0)
+    train_agent(data, spec, identity, tmp_path / "whole", tmp_path / "r1", tmp_path / "whole.pt", progress=False)
+    # stopped after the update-20 checkpoint; a fresh call resumes from it
+    checkpoint = tmp_path / "half.pt"
+    original = torch.optim.Adam.step
+    calls = {"n": 0}
+
+    def failing_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 3 * 25:  # three optimizers per update: stop during update 26
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    torch.optim.Adam.step = failing_step
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_agent(data, spec, identity, tmp_path / "resumed", tmp_path / "r2", checkpoint, progress=False)
+    finally:
+        torch.optim.Adam.step = original
+    assert checkpoint.exists() and not (tmp_path / "resumed").exists()
+    train_agent(data, spec, identity, tmp_path / "resumed", tmp_path / "r2", checkpoint, progress=False)
+    assert (tmp_path / "whole/agent.safetensors").read_bytes() == (tmp_path / "resumed/agent.safetensors").read_bytes()
+    assert not checkpoint.exists()
+
+
+def test_a_missing_or_corrupt_agent_is_one_clear_line(tmp_path):
+    with pytest.raises(PipelineError, match="no weights at .*dvc repro"):
+        load_agent(tmp_path / "nothing")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad/agent.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(PipelineError, match="corrupt"):
+        load_agent(tmp_path / "bad")

@@ -1,0 +1,324 @@
+"""Implicit Q-learning (REFERENCE.md 6) and behavior cloning, read top to bottom.
+
+IQL (Kostrikov et al. 2021, as CORL implements it): two Q networks and their minimum, one V
+network fitted to that minimum by expectile regression (so V approaches the best in-data action's
+value without querying actions outside the data), Q fitted to r + discount * V(s'), a Polyak
+target for Q only, and an actor trained by advantage-weighted regression, weights
+exp(temperature * (Q - V)) capped at `max_weight`. AntMaze subtracts 1 from every reward
+(`reward_shift`). Observations are standardized with the dataset's mean and standard deviation,
+stored inside the networks as buffers, so training and planning apply the very same
+normalization.
+
+Behavior cloning is the same Gaussian policy fitted with every weight 1 (no critic).
+
+Everything for one run lives in `OfflineAgent`: the networks, the normalization, and the
+methods the planner and the evaluation call (`q`, `v`, `act`). CPU runs are deterministic for a
+fixed seed; runs resume from atomic checkpoints.
+"""
+
+import copy
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from trajectory_transformer import __version__
+from trajectory_transformer.artifacts import atomic_directory, write_json, write_training_report
+from trajectory_transformer.datasets import Transitions
+from trajectory_transformer.errors import PipelineError
+from trajectory_transformer.weights import load_checkpoint, load_weights, resolve_device, save_checkpoint, save_weights
+
+CHECKPOINT_FORMAT = "offline-agent-checkpoint/1"
+AGENT_FORMAT = "offline-agent/1"
+LOG_STD_RANGE = (-20.0, 2.0)
+
+
+@dataclass
+class BCSpec:
+    """The `bc` section of params.yaml: a Gaussian MLP policy fitted by maximum likelihood."""
+
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    learning_rate: float = 3e-4
+    batch_size: int = 256
+    updates: int = 1_000_000
+    normalize_observations: bool = True
+    log_every: int = 1000
+    checkpoint_every: int = 10_000
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    cpu_threads: int = 2
+
+
+@dataclass
+class IQLSpec(BCSpec):
+    """The `critic` section of params.yaml (REFERENCE.md 6, AntMaze defaults)."""
+
+    datasets: list[str] = field(default_factory=list)  # which datasets get a critic (TT+Q and IQL runs)
+    discount: float = 0.99
+    expectile: float = 0.9
+    temperature: float = 10.0  # beta of the advantage weight exp(beta * A)
+    max_weight: float = 100.0
+    polyak: float = 0.005
+    reward_shift: float = -1.0  # added to every reward (AntMaze: -1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks
+
+
+def mlp(inputs: int, hidden: list[int], outputs: int) -> nn.Sequential:
+    layers, width = [], inputs
+    for size in hidden:
+        layers += [nn.Linear(width, size), nn.ReLU()]
+        width = size
+    return nn.Sequential(*layers, nn.Linear(width, outputs))
+
+
+class OfflineAgent(nn.Module):
+    """A policy, and for IQL the critics, over standardized observations."""
+
+    def __init__(self, observation_dim: int, action_dim: int, hidden: list[int], with_critic: bool):
+        super().__init__()
+        self.register_buffer("observation_mean", torch.zeros(observation_dim))
+        self.register_buffer("observation_std", torch.ones(observation_dim))
+        self.register_buffer("action_low", -torch.ones(action_dim))
+        self.register_buffer("action_high", torch.ones(action_dim))
+        self.policy = mlp(observation_dim, hidden, action_dim)
+        self.log_std = nn.Parameter(torch.zeros(action_dim))
+        self.with_critic = with_critic
+        if with_critic:
+            self.q1 = mlp(observation_dim + action_dim, hidden, 1)
+            self.q2 = mlp(observation_dim + action_dim, hidden, 1)
+            self.value = mlp(observation_dim, hidden, 1)
+
+    def normalize(self, observations: torch.Tensor) -> torch.Tensor:
+        return (observations - self.observation_mean) / self.observation_std
+
+    def mean_action(self, observations: torch.Tensor) -> torch.Tensor:
+        """The policy's mean: tanh squashed into the data's action range."""
+        half = (self.action_high - self.action_low) / 2
+        return self.action_low + half * (1 + torch.tanh(self.policy(self.normalize(observations))))
+
+    def log_prob(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        std = self.log_std.clamp(*LOG_STD_RANGE).exp()
+        return torch.distributions.Normal(self.mean_action(observations), std).log_prob(actions).sum(-1)
+
+    @torch.no_grad()
+    def act(self, observations: torch.Tensor) -> torch.Tensor:
+        """The action executed in evaluation: the policy's mean."""
+        return self.mean_action(observations)
+
+    def q_pair(self, observations: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = torch.cat([self.normalize(observations), actions], dim=-1)
+        return self.q1(inputs)[..., 0], self.q2(inputs)[..., 0]
+
+    def q(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """min(Q1, Q2)(s, a), in the units of the shifted rewards."""
+        return torch.minimum(*self.q_pair(observations, actions))
+
+    def v(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.value(self.normalize(observations))[..., 0]
+
+
+def expectile_loss(difference: torch.Tensor, expectile: float) -> torch.Tensor:
+    """mean(|expectile - 1(difference < 0)| * difference^2): asymmetric least squares."""
+    weight = torch.where(difference < 0, 1 - expectile, expectile)
+    return (weight * difference.square()).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class TransitionTensors:
+    observations: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    next_observations: torch.Tensor
+    not_done: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+def transition_tensors(transitions: Transitions, reward_shift: float, device: torch.device) -> TransitionTensors:
+    """(s, a, r + shift, s', 1 - terminal) for every step with a known successor: a step that
+    ends an episode by time-out has none (its next row belongs to another episode) and is
+    dropped, as D4RL's `qlearning_dataset` does; a terminal step needs none."""
+    steps = len(transitions.actions)
+    keep = ~transitions.timeouts
+    following = np.minimum(np.arange(steps) + 1, steps - 1)
+    following = np.where(transitions.terminals, np.arange(steps), following)
+
+    def tensor(array):
+        return torch.as_tensor(np.ascontiguousarray(array[keep]), dtype=torch.float32, device=device)
+
+    return TransitionTensors(
+        observations=tensor(transitions.observations),
+        actions=tensor(transitions.actions),
+        rewards=tensor(transitions.rewards + reward_shift),
+        next_observations=tensor(transitions.observations[following]),
+        not_done=tensor(~transitions.terminals),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class AgentIdentity:
+    """Everything the weights depend on; recorded with them and checked on resume."""
+
+    dataset: str
+    dataset_sha256: str
+    algorithm: Literal["iql", "bc"]
+    seed: int
+
+    def fingerprint(self, spec: BCSpec) -> str:
+        content = {"identity": asdict(self), "spec": {k: v for k, v in asdict(spec).items()
+                                                      if k not in ("log_every", "checkpoint_every", "datasets")}}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def train_agent(transitions: Transitions, spec: BCSpec, identity: AgentIdentity, out_dir: Path, report_dir: Path,
+                checkpoint: Path, progress: bool = True) -> dict:
+    """Train IQL (spec: IQLSpec) or BC (spec: BCSpec); write `agent.safetensors` and
+    `config.json` to `out_dir`, metrics and dvclive curves to `report_dir`."""
+    iql = identity.algorithm == "iql"
+    if iql and not isinstance(spec, IQLSpec):
+        raise TypeError("IQL needs an IQLSpec")
+    device = resolve_device(spec.device)
+    if device.type == "cpu":
+        torch.set_num_threads(spec.cpu_threads)
+        torch.use_deterministic_algorithms(True)
+    data = transition_tensors(transitions, spec.reward_shift if iql else 0.0, device)
+    if len(data) < 2:
+        raise PipelineError(f"dataset {identity.dataset} has fewer than 2 usable transitions for {identity.algorithm}")
+    observation_dim, action_dim = data.observations.shape[1], data.actions.shape[1]
+
+    torch.manual_seed(identity.seed)
+    agent = OfflineAgent(observation_dim, action_dim, spec.hidden, with_critic=iql).to(device)
+    if spec.normalize_observations:
+        agent.observation_mean.copy_(data.observations.mean(0))
+        agent.observation_std.copy_(data.observations.std(0).clamp(min=1e-3))
+    agent.action_low.copy_(data.actions.min(0).values)
+    agent.action_high.copy_(data.actions.max(0).values)
+    target = copy.deepcopy(agent).requires_grad_(False) if iql else None
+    actor_parameters = [*agent.policy.parameters(), agent.log_std]
+    actor_optimizer = torch.optim.Adam(actor_parameters, lr=spec.learning_rate)
+    actor_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(actor_optimizer, spec.updates)
+    if iql:
+        q_optimizer = torch.optim.Adam([*agent.q1.parameters(), *agent.q2.parameters()], lr=spec.learning_rate)
+        v_optimizer = torch.optim.Adam(agent.value.parameters(), lr=spec.learning_rate)
+    batches = torch.Generator(device="cpu").manual_seed(identity.seed)
+
+    def optimizers() -> dict:
+        named = {"actor": actor_optimizer, "actor_schedule": actor_schedule}
+        if iql:
+            named |= {"q": q_optimizer, "v": v_optimizer}
+        return named
+
+    fingerprint = identity.fingerprint(spec)
+    update, history = 0, []
+    if checkpoint.exists():
+        saved = load_checkpoint(checkpoint, CHECKPOINT_FORMAT)
+        if saved["fingerprint"] == fingerprint:
+            agent.load_state_dict(saved["agent"])
+            if iql:
+                target.load_state_dict(saved["target"])
+            for name, optimizer in optimizers().items():
+                optimizer.load_state_dict(saved[name])
+            batches.set_state(saved["batches"])
+            update, history = saved["update"], saved["history"]
+
+    running = torch.zeros(5, device=device)  # actor, q, v losses, mean Q, mean advantage
+    running_steps, clock = 0, time.perf_counter()
+    bar = tqdm(total=spec.updates, initial=update, desc=f"{identity.algorithm} {identity.dataset} seed {identity.seed}",
+               unit="update", disable=not progress, mininterval=1)
+    while update < spec.updates:
+        index = torch.randint(len(data), (spec.batch_size,), generator=batches).to(device)
+        observations, actions = data.observations[index], data.actions[index]
+        if iql:
+            with torch.no_grad():
+                target_q = target.q(observations, actions)
+                next_v = agent.v(data.next_observations[index])
+                q_target = data.rewards[index] + spec.discount * data.not_done[index] * next_v
+            advantage = target_q - agent.v(observations)
+            v_loss = expectile_loss(advantage, spec.expectile)
+            v_optimizer.zero_grad(set_to_none=True)
+            v_loss.backward()
+            v_optimizer.step()
+
+            q1, q2 = agent.q_pair(observations, actions)
+            q_loss = (F.mse_loss(q1, q_target) + F.mse_loss(q2, q_target)) / 2
+            q_optimizer.zero_grad(set_to_none=True)
+            q_loss.backward()
+            q_optimizer.step()
+            with torch.no_grad():
+                for online, slow in zip([*agent.q1.parameters(), *agent.q2.parameters()],
+                                        [*target.q1.parameters(), *target.q2.parameters()]):
+                    slow.lerp_(online, spec.polyak)
+            weights = torch.exp(spec.temperature * advantage.detach()).clamp(max=spec.max_weight)
+        else:
+            weights = torch.ones(len(index), device=device)
+        actor_loss = -(weights * agent.log_prob(observations, actions)).mean()
+        actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        actor_optimizer.step()
+        actor_schedule.step()
+        update += 1
+
+        with torch.no_grad():
+            running += torch.stack([actor_loss.detach(), *((q_loss.detach(), v_loss.detach(), target_q.mean(), advantage.mean())
+                                                            if iql else torch.zeros(4, device=device))])
+        running_steps += 1
+        if update % spec.log_every == 0 or update == spec.updates:
+            means = (running / running_steps).tolist()  # the only host sync, every log_every updates
+            entry = {"update": update, "actor_loss": means[0]}
+            if iql:
+                entry |= {"q_loss": means[1], "v_loss": means[2], "q_mean": means[3], "advantage_mean": means[4]}
+            history.append(entry)
+            bar.set_postfix(loss=f"{means[0]:.3f}", updates_per_s=f"{running_steps / (time.perf_counter() - clock):,.0f}", refresh=False)
+            bar.update(running_steps)
+            running.zero_()
+            running_steps, clock = 0, time.perf_counter()
+        if update % spec.checkpoint_every == 0 and update < spec.updates:
+            state = {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "update": update, "history": history,
+                     "agent": agent.state_dict(), "batches": batches.get_state(),
+                     **{name: optimizer.state_dict() for name, optimizer in optimizers().items()}}
+            if iql:
+                state["target"] = target.state_dict()
+            save_checkpoint(state, checkpoint)
+    bar.close()
+
+    metrics = {"updates": spec.updates, "transitions": len(data), **{k: v for k, v in history[-1].items() if k != "update"}}
+    write_agent(agent, identity, spec, out_dir, report_dir, metrics, history)
+    checkpoint.unlink(missing_ok=True)
+    return metrics
+
+
+def write_agent(agent: OfflineAgent, identity: AgentIdentity, spec: BCSpec, out_dir: Path, report_dir: Path,
+                metrics: dict, history: list[dict]) -> None:
+    metadata = {**asdict(identity), "observation_dim": agent.observation_mean.shape[0],
+                "action_dim": agent.action_low.shape[0], "hidden": spec.hidden, "library_version": __version__,
+                "torch_version": torch.__version__.split("+")[0]}
+    write_training_report(report_dir, metrics, history)
+    with atomic_directory(out_dir) as scratch:
+        save_weights(agent, scratch / "agent.safetensors", AGENT_FORMAT, metadata)
+        write_json(scratch / "config.json", metadata)
+
+
+def load_agent(folder: Path, device: torch.device | str = "cpu") -> tuple[OfflineAgent, dict]:
+    """A trained IQL or BC agent and its metadata, loaded without unpickling anything."""
+    agent, metadata = load_weights(Path(folder) / "agent.safetensors", AGENT_FORMAT, lambda m: OfflineAgent(
+        m["observation_dim"], m["action_dim"], m["hidden"], with_critic=m["algorithm"] == "iql"))
+    return agent.to(device).eval(), metadata

@@ -1,0 +1,74 @@
+"""Devices, resumable checkpoints and published weights, shared by every trained network.
+
+Weights are published as safetensors: `torch.save` stamps every file with a random
+serialization id (identical weights, different bytes, downstream stages rerun for nothing), and
+a safetensors file is safe to read from an untrusted remote. Checkpoints are read with
+`torch.load(weights_only=True)`: nothing is ever unpickled.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from trajectory_transformer.errors import PipelineError
+
+HEADER_KEY = "trajectory_transformer"
+
+
+def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("params device is cuda but this machine has no CUDA device: set it to auto or cpu")
+    if requested in ("cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def save_checkpoint(content: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.partial")
+    torch.save(content, scratch)
+    os.replace(scratch, path)
+
+
+def load_checkpoint(path: Path, expected_format: str) -> dict:
+    """torch.load with weights_only=True (never unpickle a file from a remote), checked."""
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise PipelineError(f"no checkpoint at {path}: run its stage (`dvc repro`) or `dvc pull`") from None
+    except Exception as error:  # truncated zip, bad pickle opcodes, foreign objects
+        raise PipelineError(f"{path} is corrupt or truncated ({type(error).__name__}); delete it and rerun `dvc repro`, or `dvc pull` it again") from None
+    if not isinstance(content, dict) or content.get("format") != expected_format:
+        raise PipelineError(f"{path} is not a {expected_format} file; delete it and rerun `dvc repro`")
+    return content
+
+
+def save_weights(module: torch.nn.Module, path: Path, file_format: str, metadata: dict) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    # one header key: safetensors writes its metadata map in hash order
+    header = json.dumps({"format": file_format, "metadata": metadata}, sort_keys=True)
+    save_file(state, path, metadata={HEADER_KEY: header})
+
+
+def load_weights(path: Path, file_format: str, build) -> tuple[torch.nn.Module, dict]:
+    """`build(metadata)` makes the module the weights are loaded into; any mismatch (truncated
+    file, foreign format, weights that do not fit the code) is one line naming the fix."""
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"no weights at {path}: run the stage that makes them (`dvc repro`) or `dvc pull`")
+    try:
+        with safe_open(path, framework="pt") as f:
+            header = json.loads((f.metadata() or {}).get(HEADER_KEY, "{}"))
+            state = {key: f.get_tensor(key) for key in f.keys()}
+        if header.get("format") != file_format:
+            raise ValueError(f"format {header.get('format')!r}")
+        module = build(header["metadata"])
+        module.load_state_dict(state)
+    except Exception as error:
+        raise PipelineError(f"{path} is corrupt or does not match the code ({type(error).__name__}); "
+                            "delete it and rerun `dvc repro`, or `dvc pull` it again") from None
+    return module, header["metadata"]
