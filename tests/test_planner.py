@@ -114,6 +114,18 @@ def test_reward_mode_takes_the_higher_reward_branch(two_branches):
     assert first_action(two_branches) == pytest.approx(7.0)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_the_search_starts_from_beam_width_samples_of_the_first_action(two_branches, seed):
+    """As published: beam_width copies of the context, so with n_expand 1 and a one-step horizon
+    the 8 first-action samples include the rewarding one (a single sample misses it half the
+    time: with probability 1/256 all eight do)."""
+    model, discretizer, prefix = two_branches
+    spec = PlannerSpec(horizon=1, beam_width=8, n_expand=1, context=2, action_cdf=None)
+    for distinct in (True, False):
+        result = plan(model, discretizer, replace(spec, distinct_candidates=distinct), prefix, torch.Generator().manual_seed(seed))
+        assert discretizer.reconstruct(result.actions[0, 0].numpy(), slice(1, 2))[0] == pytest.approx(7.0)
+
+
 class PrefersTheSmallAction:
     """A handcrafted critic that disagrees with the rewards: Q(s, a) = -10 a, V(s) = -10 s."""
 

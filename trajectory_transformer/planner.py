@@ -2,10 +2,12 @@
 
 One call plans for E environments at once. Per environment the sequence is: the last `context`
 transitions seen (value slot = placeholder), the current observation, then `horizon` planned
-transitions. Every planned transition: each beam is expanded `n_expand` times, its action tokens
-are sampled (probability-mass rule `action_cdf`, or `action_top_k`), reward and value tokens are
-taken greedily, candidates are scored, duplicates dropped, the best `beam_width` kept, and the
-next observation is decoded greedily (`observation_top_k` = 1). The first action of the best
+transitions. The search starts, as published, from `beam_width` copies of the context, so the
+first transition is sampled `beam_width x n_expand` times. Every planned transition: each beam is
+expanded `n_expand` times, its action tokens are sampled (probability-mass rule `action_cdf`, or
+`action_top_k`), reward and value tokens are taken greedily, candidates are scored, duplicates
+dropped (`distinct_candidates`; the published code keeps them), the best `beam_width` kept, and
+the next observation is decoded greedily (`observation_top_k` = 1). The first action of the best
 sequence is executed, decoded with the discretizer's reconstruction.
 
 Scores (`mode`), for a candidate whose last planned transition is t (s_t, a_t, r_t, V_t):
@@ -58,6 +60,7 @@ class PlannerSpec:
     replan_every: int = 1
     cached: bool = True
     critic_score: Literal["q", "v"] = "q"  # how a critic (TT+Q) scores candidates: see the module docstring
+    distinct_candidates: bool = True  # drop duplicate candidates; false keeps them, as the published code does
 
     def check(self, model: TrajectoryTransformer, critic: "Critic | None" = None) -> None:
         config = model.config
@@ -335,7 +338,9 @@ def plan(
         return torch.stack(tokens, dim=-1)
 
     for t in range(spec.horizon):
-        X = spec.n_expand
+        # the published search starts from beam_width copies of the context, each expanded
+        # n_expand times: that many independent samples of the first transition
+        X = spec.n_expand * (spec.beam_width if t == 0 else 1)
         decoder.expand(X)
         step_likelihood = torch.zeros(E, R, X, device=device)
         action_tokens = []
@@ -367,10 +372,14 @@ def plan(
             scores = candidate_returns + discounts[t + 1] * value
         # identical candidates plan identical futures: keep one of each
         candidate_hashes = hashes[..., None] * 1_000_003 + (actions * (V + 1) ** torch.arange(M, device=device)).sum(-1)
-        scores = drop_duplicates(scores.reshape(E, R * X), candidate_hashes.reshape(E, R * X))
-        # a sharp model makes most candidates duplicates: carry only as many beams as any
-        # environment has distinct candidates (one host sync per planned transition)
-        keep = min(spec.beam_width, int(torch.isfinite(scores).sum(dim=-1).max()))
+        scores = scores.reshape(E, R * X)
+        if spec.distinct_candidates:
+            scores = drop_duplicates(scores, candidate_hashes.reshape(E, R * X))
+            # a sharp model makes most candidates duplicates: carry only as many beams as any
+            # environment has distinct candidates (one host sync per planned transition)
+            keep = min(spec.beam_width, int(torch.isfinite(scores).sum(dim=-1).max()))
+        else:
+            keep = min(spec.beam_width, R * X)
         scores, index = scores.topk(keep, dim=-1)
         beam, expansion = index // X, index % X
         env = torch.arange(E, device=device)[:, None]
