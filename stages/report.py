@@ -9,8 +9,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import gymnasium as gym  # noqa: E402
+import minari  # noqa: E402
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from trajectory_transformer.artifacts import atomic_directory, write_json  # noqa: E402
 from trajectory_transformer.cli import stage_command  # noqa: E402
@@ -19,7 +22,7 @@ from trajectory_transformer.datasets import DatasetSpec  # noqa: E402
 from trajectory_transformer.discretization import DiscretizeSpec  # noqa: E402
 from trajectory_transformer.evaluation import EvaluateSpec  # noqa: E402
 from trajectory_transformer.reporting import (  # noqa: E402
-    PUBLISHED_AVERAGES, collect, interquartile_mean, method_folders, published_table, score_table,
+    OTHER_PUBLISHED, PUBLISHED_AVERAGES, collect, interquartile_mean, method_folders, published_table, score_table,
 )
 from trajectory_transformer.training import TrainSpec  # noqa: E402
 
@@ -140,7 +143,11 @@ def main(evaluations: Path, training: Path, datasets_metrics: Path, data: Path, 
               "(the offline suite uses generated data).", ""]
     lines += ["Published averages: " + "; ".join(f"{table}: " + ", ".join(f"{m} {v}" for m, v in row.items())
                                                 for table, row in PUBLISHED_AVERAGES.items()), ""]
-    lines += ["## Reproduce", "", f"- git revision: `{revision()}`; mujoco {mujoco.__version__}",
+    others_published = published_table(list(specs), OTHER_PUBLISHED)
+    if others_published:
+        lines += ["## Other published baselines (not the paper; not our runs)", "", others_published]
+    lines += ["## Reproduce", "", f"- git revision: `{revision()}`; mujoco {mujoco.__version__}, "
+              f"gymnasium {gym.__version__}, minari {minari.__version__}, torch {torch.__version__.split('+')[0]}",
               f"- seeds: {train.seeds}; episodes per seed: {evaluate.episodes}; evaluation seed: {evaluate.seed}"]
     for name, spec in specs.items():
         summary_file = datasets_metrics / f"{name}.json"

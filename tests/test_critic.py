@@ -79,7 +79,7 @@ def test_the_same_normalization_at_training_and_acting_time(tmp_path):
 
 def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
     data = chain_walks(episodes=50)
-    spec = IQLSpec(hidden=[16], updates=40, batch_size=32, log_every=10, checkpoint_every=20, device="cpu")
+    spec = IQLSpec(hidden=[16], updates=40, batch_size=32, log_every=15, checkpoint_every=20, device="cpu")
     identity = AgentIdentity("chain", "x", "iql", 0)
     train_agent(data, spec, identity, tmp_path / "whole", tmp_path / "r1", tmp_path / "whole.pt", progress=False)
     # stopped after the update-20 checkpoint; a fresh call resumes from it
@@ -102,6 +102,9 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
     assert checkpoint.exists() and not (tmp_path / "resumed").exists()
     train_agent(data, spec, identity, tmp_path / "resumed", tmp_path / "r2", checkpoint, progress=False)
     assert (tmp_path / "whole/agent.safetensors").read_bytes() == (tmp_path / "resumed/agent.safetensors").read_bytes()
+    # the curves too, though the logging period does not divide the checkpoint period
+    curve = "live/plots/metrics/actor_loss.tsv"
+    assert (tmp_path / "r1" / curve).read_text() == (tmp_path / "r2" / curve).read_text()
     assert not checkpoint.exists()
 
 

@@ -2,7 +2,7 @@
 
 IQL (Kostrikov et al. 2021, as CORL implements it): two Q networks and their minimum, one V
 network fitted to that minimum by expectile regression (so V approaches the best in-data action's
-value without querying actions outside the data), Q fitted to r + discount * V(s'), a Polyak
+value without querying actions outside the data), Q fitted to r + discount (1 - terminal) V(s'), a Polyak
 target for Q only, and an actor trained by advantage-weighted regression, weights
 exp(temperature * (Q - V)) capped at `max_weight`. AntMaze subtracts 1 from every reward
 (`reward_shift`). Observations are standardized with the dataset's mean and standard deviation,
@@ -281,7 +281,8 @@ def train_agent(transitions: Transitions, spec: BCSpec, identity: AgentIdentity,
             running += torch.stack([actor_loss.detach(), *((q_loss.detach(), v_loss.detach(), target_q.mean(), advantage.mean())
                                                             if iql else torch.zeros(4, device=device))])
         running_steps += 1
-        if update % spec.log_every == 0 or update == spec.updates:
+        boundary = update == spec.updates or update % spec.checkpoint_every == 0  # a resumed run logs the same points
+        if update % spec.log_every == 0 or boundary:
             means = (running / running_steps).tolist()  # the only host sync, every log_every updates
             entry = {"update": update, "actor_loss": means[0]}
             if iql:

@@ -23,7 +23,9 @@ PUBLISHED = {
         "antmaze-umaze": (100.0, 0.0), "antmaze-medium-play": (93.3, 6.4), "antmaze-medium-diverse": (100.0, 0.0),
         "antmaze-large-play": (66.7, 12.2), "antmaze-large-diverse": (60.0, 12.7),
     },
-    # not the paper: CORL's IQL on AntMaze v2 (4 seeds, last checkpoint; REFERENCE.md 6), no error bars published
+}
+# Not the paper: CORL's IQL on AntMaze v2 (4 seeds, last checkpoint; REFERENCE.md 6 quotes its means)
+OTHER_PUBLISHED = {
     "IQL (CORL, AntMaze v2)": {
         "antmaze-umaze": (77.0, float("nan")), "antmaze-medium-play": (65.8, float("nan")),
         "antmaze-medium-diverse": (73.8, float("nan")), "antmaze-large-play": (42.0, float("nan")),
@@ -109,9 +111,10 @@ def score_table(results: dict[str, dict[str, Result]], datasets: list[str], meth
     return header + "\n".join(rows) + "\n"
 
 
-def published_table(datasets: list[str]) -> str | None:
-    """The paper's numbers for the rows we have, clearly apart from ours; None if none match."""
-    rows = [(d, m, PUBLISHED[m][d]) for d in datasets for m in PUBLISHED if d in PUBLISHED[m]]
+def published_table(datasets: list[str], published: dict = PUBLISHED) -> str | None:
+    """Published numbers (the paper's by default) for the rows we have, clearly apart from ours;
+    None if none match."""
+    rows = [(d, m, published[m][d]) for d in datasets for m in published if d in published[m]]
     if not rows:
         return None
     lines = ["| dataset | method | published |", "|---|---|---|"]
