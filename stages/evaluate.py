@@ -26,8 +26,8 @@ from trajectory_transformer.weights import resolve_device
 PLANNER_SEED_STRIDE = 7919  # planner randomness: a stream per (model seed, evaluation seed)
 
 
-def check_trained_on(metadata: dict, data_dir: Path, folder: Path) -> None:
-    if metadata["dataset_sha256"] != folder_hash(data_dir):
+def check_trained_on(metadata: dict, dataset_sha256: str, data_dir: Path, folder: Path) -> None:
+    if metadata["dataset_sha256"] != dataset_sha256:
         raise PipelineError(f"{folder} was trained on another dataset than {data_dir}: rerun its stage (`dvc repro`)")
 
 
@@ -54,22 +54,23 @@ def main(dataset: str, seed: int, data_dir: Path, model_dir: Path | None, discre
     device = resolve_device(spec.device)
     if device.type == "cpu":
         torch.set_num_threads(spec.cpu_threads)
+    dataset_sha256 = folder_hash(data_dir)
     if policy_dir is not None:
         policy, metadata = load_agent(policy_dir, device)
-        check_trained_on(metadata, data_dir, policy_dir)
+        check_trained_on(metadata, dataset_sha256, data_dir, policy_dir)
         agent, weights = PolicyAgent(policy, device), policy_dir / "agent.safetensors"
     else:
         planner = parse(PlannerSpec, section(params, "plan"), "plan")
         model, metadata = load_model(model_dir, device)
         discretizer = Discretizer.load(discretizer_dir / "discretizer.json")
-        check_trained_on(metadata, data_dir, model_dir)
+        check_trained_on(metadata, dataset_sha256, data_dir, model_dir)
         if metadata["discretizer_sha256"] != file_hash(discretizer_dir / "discretizer.json"):
             raise PipelineError(f"the model in {model_dir} was trained with another discretizer than {discretizer_dir}: "
                                 "rerun its train stage (`dvc repro`)")
         critic = None
         if critic_dir is not None:
             critic, critic_metadata = load_agent(critic_dir, device)
-            check_trained_on(critic_metadata, data_dir, critic_dir)
+            check_trained_on(critic_metadata, dataset_sha256, data_dir, critic_dir)
             if not critic.with_critic:
                 raise PipelineError(f"{critic_dir} holds a {critic_metadata['algorithm']} agent without a critic: "
                                     "pass an IQL agent from the `critic` stage")

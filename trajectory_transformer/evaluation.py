@@ -2,10 +2,11 @@
 BC or IQL as a policy.
 
 All episodes of an agent run together: one batched search (or one policy batch) acts for every
-environment still running (they all start together, so planning contexts have the same length). Resets and planner
-randomness are seeded, so a CPU rerun gives identical episodes. Per episode: return, normalized
-score (D4RL's reference returns for locomotion, the dataset's own for generated data), success
-for mazes (counted from `info["success"]`, never read from the return), length.
+environment still running (they all start together, so planning contexts have the same length).
+Resets and planner randomness are seeded, so a CPU rerun gives identical episodes. Per episode:
+return, normalized score (D4RL's reference returns for locomotion, the dataset's own for
+generated data), success for mazes (counted from `info["success"]`, never read from the return),
+length.
 """
 
 import time

@@ -310,7 +310,9 @@ def plan(
     table = torch.as_tensor(discretizer.table, dtype=torch.float32, device=device)  # (D, V)
     reward_dim, value_dim = N + M, N + M + 1
     discounts = spec.discount ** torch.arange(spec.horizon + 1, device=device, dtype=torch.float32)
-    next_state_value = critic is not None and spec.critic_score == "v"
+    critic_q = critic is not None and spec.critic_score == "q"
+    critic_v = critic is not None and spec.critic_score == "v"
+    action_place_values = (V + 1) ** torch.arange(M, device=device)  # hashes of sampled action tuples
 
     R = 1
     returns = torch.zeros(E, 1, device=device)  # discounted expected rewards so far
@@ -359,19 +361,19 @@ def plan(
         actions = torch.stack(action_tokens, dim=-1)  # (E, R, X, M)
 
         candidate_returns = returns[..., None] + discounts[t] * reward
-        if next_state_value:
+        if critic_v:
             next_observation = decode_observation(step_likelihood)
             value = critic.v(discretizer_decode(table, next_observation, 0))
         candidate_likelihood = log_likelihood[..., None] + step_likelihood
         if spec.mode == "likelihood":
             scores = candidate_likelihood
-        elif critic is not None and spec.critic_score == "q":
+        elif critic_q:
             states = discretizer_decode(table, observation[:, :, None, :].expand(E, R, X, N), 0)
             scores = returns[..., None] + discounts[t] * critic.q(states, discretizer_decode(table, actions, N))
         else:
             scores = candidate_returns + discounts[t + 1] * value
         # identical candidates plan identical futures: keep one of each
-        candidate_hashes = hashes[..., None] * 1_000_003 + (actions * (V + 1) ** torch.arange(M, device=device)).sum(-1)
+        candidate_hashes = hashes[..., None] * 1_000_003 + (actions * action_place_values).sum(-1)
         scores = scores.reshape(E, R * X)
         if spec.distinct_candidates:
             scores = drop_duplicates(scores, candidate_hashes.reshape(E, R * X))
@@ -390,7 +392,7 @@ def plan(
         generated = generated[env, beam, expansion][:, :, None]
         token_log_probs = token_log_probs[env, beam, expansion][:, :, None]
         R = keep
-        if next_state_value:
+        if critic_v:
             observation = next_observation[env, beam, expansion]
         elif t < spec.horizon - 1:
             observation = decode_observation(log_likelihood[..., None])[:, :, 0]
