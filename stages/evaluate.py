@@ -20,7 +20,7 @@ from trajectory_transformer.discretization import Discretizer
 from trajectory_transformer.errors import PipelineError
 from trajectory_transformer.evaluation import EvaluateSpec, PlanningAgent, PolicyAgent, evaluate, summarize
 from trajectory_transformer.planner import PlannerSpec
-from trajectory_transformer.training import load_model
+from trajectory_transformer.training import check_model_inputs, load_model
 from trajectory_transformer.weights import resolve_device
 
 PLANNER_SEED_STRIDE = 7919  # planner randomness: a stream per (model seed, evaluation seed)
@@ -63,10 +63,7 @@ def main(dataset: str, seed: int, data_dir: Path, model_dir: Path | None, discre
         planner = parse(PlannerSpec, section(params, "plan"), "plan")
         model, metadata = load_model(model_dir, device)
         discretizer = Discretizer.load(discretizer_dir / "discretizer.json")
-        check_trained_on(metadata, dataset_sha256, data_dir, model_dir)
-        if metadata["discretizer_sha256"] != file_hash(discretizer_dir / "discretizer.json"):
-            raise PipelineError(f"the model in {model_dir} was trained with another discretizer than {discretizer_dir}: "
-                                "rerun its train stage (`dvc repro`)")
+        check_model_inputs(metadata, model_dir, data_dir, dataset_sha256, discretizer_dir)
         critic = None
         if critic_dir is not None:
             critic, critic_metadata = load_agent(critic_dir, device)

@@ -1,8 +1,12 @@
 """Stage `train`: one Trajectory Transformer per dataset, discretizer kind and seed.
 
+With `--ablation NAME` (stage `train-ablation`) the same training runs changed as
+`analyze.ablations.NAME` says: a Markovian or a partially observed variant (paper section 4.1).
+
 Multi-GPU or multi-node: launch this same command under `torchrun --nproc_per_node=N`.
 """
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -14,7 +18,7 @@ from trajectory_transformer.datasets import DatasetSpec, load_transitions
 from trajectory_transformer.discretization import Discretizer
 from trajectory_transformer.errors import PipelineError
 from trajectory_transformer.trajectories import SequenceSpec
-from trajectory_transformer.training import RunIdentity, TrainSpec, tokenize_paths, train
+from trajectory_transformer.training import AblationSpec, RunIdentity, TrainSpec, tokenize_paths, train
 
 
 @click.command()
@@ -25,8 +29,10 @@ from trajectory_transformer.training import RunIdentity, TrainSpec, tokenize_pat
 @click.option("--out", "model_dir", type=click.Path(path_type=Path), required=True, help="weights and config")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), required=True, help="metrics and curves")
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="resume file, outside the output")
+@click.option("--ablation", default=None, help="key under `analyze.ablations` in params.yaml")
 @stage_command
-def main(dataset: str, seed: int, data_dir: Path, discretizer_dir: Path, model_dir: Path, report_dir: Path, checkpoint: Path) -> None:
+def main(dataset: str, seed: int, data_dir: Path, discretizer_dir: Path, model_dir: Path, report_dir: Path, checkpoint: Path,
+         ablation: str | None) -> None:
     params = load_params()
     where = f"datasets.{dataset}"
     dataset_spec = parse(DatasetSpec, section(params, where), where)
@@ -38,12 +44,25 @@ def main(dataset: str, seed: int, data_dir: Path, discretizer_dir: Path, model_d
         raise PipelineError(f"the discretizer in {discretizer_dir} was fitted on other data than {data_dir}: "
                             f"rerun `dvc repro discretize@{dataset}-{discretizer.kind}`")
     transitions = load_transitions(data_dir, dataset_spec.observation, where)
+    observed_dims = None
+    if ablation is not None:
+        change_where = f"analyze.ablations.{ablation}"
+        change = parse(AblationSpec, section(params, change_where), change_where)
+        shorter = change.sequence(sequence)
+        # as many tokens per update as the full model sees, so the ablation is not just undertrained
+        spec.optim.batch_size = spec.optim.batch_size * sequence.window // shorter.window
+        sequence = shorter
+        if change.hidden_probability > 0:
+            observed_dims = change.observed_dims(discretizer.observation_dim)
+            transitions = dataclasses.replace(transitions, observations=transitions.observations[:, observed_dims])
+            discretizer = discretizer.observing(observed_dims)
     identity = RunIdentity(
         dataset=dataset,
         dataset_sha256=dataset_sha256,
         discretizer_sha256=file_hash(discretizer_dir / "discretizer.json"),
         discretizer_kind=discretizer.kind,
         seed=seed,
+        observed_dims=observed_dims,
     )
     train(tokenize_paths(transitions, discretizer, sequence), discretizer, sequence, spec, identity, model_dir, report_dir, checkpoint)
 

@@ -19,7 +19,7 @@ import torch
 
 from trajectory_transformer.discretization import DiscretizeSpec, Discretizer
 from trajectory_transformer.model import (
-    ModelConfig, SelfAttention, TrajectoryTransformer, target_groups, token_losses, weighted_loss,
+    ModelConfig, TrajectoryTransformer, target_groups, token_losses, weighted_loss,
 )
 
 
@@ -53,24 +53,10 @@ def tokenize(transitions: int, dims: int, n_bins: int) -> None:
 
 
 
-class ExplicitAttention(SelfAttention):
-    """The textbook attention: scores, masked_fill, softmax, dropout, weighted sum."""
-
-    def attend(self, q, k, v, mask):
-        scores = (q @ k.transpose(-2, -1)) / k.shape[-1] ** 0.5
-        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
-        weights = torch.nn.functional.dropout(weights, self.dropout, self.training)
-        y = weights @ v
-        batch, _, length, _ = y.shape
-        return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(batch, length, -1)))
-
-
 def use_explicit_attention(model: TrajectoryTransformer) -> None:
-    """Swap every block's fused attention for the textbook one (as the published code computes it)."""
+    """The textbook attention in every block (scores, mask, softmax, weighted sum), as the published code computes it."""
     for block in model.blocks:
-        explicit = ExplicitAttention(model.config)
-        explicit.load_state_dict(block.attn.state_dict())
-        block.attn = explicit
+        block.attn.explicit = True
 
 
 def step_figures(variant: str, device: str, batch: int, steps: int) -> dict:

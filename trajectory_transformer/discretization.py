@@ -122,6 +122,11 @@ class Discretizer:
         """Expected value of dimension `dim` under (..., V) bin probabilities."""
         return probabilities @ self.table[dim]
 
+    def observing(self, observation_dims: list[int]) -> "Discretizer":
+        """The same bins for a partially observed dataset that keeps only `observation_dims`."""
+        rows = list(observation_dims) + list(range(self.observation_dim, self.transition_dim))
+        return dataclasses.replace(self, edges=self.edges[rows], bin_means=self.bin_means[rows], observation_dim=len(observation_dims))
+
     # ------------------------------------------------------------------ the artifact
     def to_dict(self) -> dict:
         return {

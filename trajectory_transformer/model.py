@@ -75,6 +75,10 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
+        # explicit: the textbook computation, as the published code does it; it keeps the
+        # attention weights of the last call in `weights` (attention maps)
+        self.explicit = False
+        self.weights: torch.Tensor | None = None
 
     def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch, length, width = x.shape
@@ -87,7 +91,12 @@ class SelfAttention(nn.Module):
 
         A mask rules out the flash kernel; on CUDA, PyTorch picks its fused memory-efficient
         kernel, which supports one."""
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        if self.explicit:
+            scores = (q @ k.transpose(-2, -1)) / k.shape[-1] ** 0.5
+            self.weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+            y = F.dropout(self.weights, self.dropout, self.training) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         batch, _, length, _ = y.shape
         return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(batch, length, -1)))
 
@@ -203,10 +212,9 @@ class TrajectoryTransformer(nn.Module):
         `band` (rotary positions only) restricts every query to its sliding window of `band`
         transitions: the planner's window policy, computed here without a cache."""
         batch, length = tokens.shape
-        if band is not None and self.config.position_embedding != "rotary":
-            raise ValueError("a sliding window (band) needs rotary positions")
-        if length > self.config.block_size and band is None:
-            raise ValueError(f"sequence of {length} tokens exceeds the block size {self.config.block_size}")
+        if length > self.config.block_size and (band is None or self.config.position_embedding != "rotary"):
+            raise ValueError(f"sequence of {length} tokens exceeds the block size {self.config.block_size} "
+                             "(only rotary positions slide a window past it)")
         x = self.embed_tokens(tokens)
         if self.config.position_embedding == "learned":
             x = x + self.position_embedding[:, :length]

@@ -28,7 +28,7 @@ every forward pass. With rotary positions we apply that window to every query (s
 attention: token p sees keys from `window_start(p)` on), so cached keys stay valid as the window
 slides and nothing is re-encoded. Two decoders implement the same policy:
 - `FullDecoder`: no cache, the whole sequence through `model.forward` for every token (the oracle,
-  and the published algorithm with learned positions: the window is then cropped and re-encoded);
+  and the published algorithm: with learned positions, or `crop`, the window is cropped and re-encoded);
 - `CachedDecoder` (rotary only): keys and values kept per layer at three levels, so nothing is
   copied per beam: the shared context (one per environment), the kept beams, and the fresh tokens
   of the current candidates (beam x expansion); beams are re-indexed only when kept.
@@ -90,8 +90,10 @@ class PlannerSpec:
 class FullDecoder:
     """No cache: every next-token distribution recomputes the whole visible sequence."""
 
-    def __init__(self, model: TrajectoryTransformer, context: int, prefix: torch.Tensor, goal: torch.Tensor | None):
+    def __init__(self, model: TrajectoryTransformer, context: int, prefix: torch.Tensor, goal: torch.Tensor | None,
+                 crop: bool = False):
         self.model, self.context, self.goal = model, context, goal
+        self.crop = crop or model.config.position_embedding == "learned"
         self.tokens = prefix[:, None, None, :]  # (E, R, X, L)
 
     @torch.no_grad()
@@ -100,11 +102,11 @@ class FullDecoder:
         E, R, X, L = self.tokens.shape
         flat = self.tokens.reshape(E * R * X, L)
         goal = self.goal.repeat_interleave(R * X, dim=0) if self.goal is not None else None
-        if self.model.config.position_embedding == "rotary":
-            out = self.model(flat, goal, band=self.context)[:, -1]
-        else:  # the published crop: the last `context` transitions' worth of tokens, re-encoded
+        if self.crop:  # the published crop: the last `context` transitions' worth of tokens, re-encoded
             start = window_start(L - 1, self.context, self.model.config.transition_dim)
             out = self.model(flat[:, start:], goal)[:, -1]
+        else:
+            out = self.model(flat, goal, band=self.context)[:, -1]
         return out.view(E, R, X, -1)
 
     def expand(self, n: int) -> None:

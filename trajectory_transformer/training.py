@@ -8,6 +8,7 @@ Multi-GPU / multi-node through `torchrun` (DistributedDataParallel): every rank 
 of the same global batch. Resumable from atomic checkpoints; a CPU run is deterministic.
 """
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -23,7 +24,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from trajectory_transformer import __version__
-from trajectory_transformer.artifacts import atomic_directory, write_json, write_training_report
+from trajectory_transformer.artifacts import atomic_directory, file_hash, write_json, write_training_report
 from trajectory_transformer.datasets import Transitions
 from trajectory_transformer.discretization import Discretizer
 from trajectory_transformer.errors import PipelineError
@@ -84,6 +85,37 @@ class RunSpec:
 
 
 @dataclass
+class AblationSpec:
+    """One entry of `analyze.ablations` (paper section 4.1): the same training, changed so.
+
+    `history_transitions: 1` is the Markovian variant: trained on windows of that many past
+    transitions and the current one (`sequence.window` = 2), it never sees further back, at
+    any depth (a sliding attention mask would not do: each layer reaches one window further).
+    `hidden_probability` hides each
+    observation dimension with that probability (drawn once, from `mask_seed`, so every seed and
+    every model of the analysis sees the same partially observed environment)."""
+
+    history_transitions: int | None = None
+    hidden_probability: float = 0.0
+    mask_seed: int = 0
+
+    def sequence(self, sequence: SequenceSpec) -> SequenceSpec:
+        if self.history_transitions is None:
+            return sequence
+        if self.history_transitions < 1:
+            raise PipelineError(f"params analyze.ablations: history_transitions must be null or at least 1, got {self.history_transitions}")
+        return dataclasses.replace(sequence, window=self.history_transitions + 1)
+
+    def observed_dims(self, observation_dim: int) -> list[int]:
+        if not 0.0 <= self.hidden_probability < 1.0:
+            raise PipelineError(f"params analyze.ablations: hidden_probability must be in [0, 1), got {self.hidden_probability}")
+        hidden = np.random.default_rng(self.mask_seed).random(observation_dim) < self.hidden_probability
+        if hidden.all():  # an environment with nothing observed has nothing to predict
+            hidden[np.random.default_rng(self.mask_seed).integers(observation_dim)] = False
+        return [int(d) for d in np.flatnonzero(~hidden)]
+
+
+@dataclass
 class TrainSpec:
     """The `train` section of params.yaml."""
 
@@ -117,14 +149,19 @@ def tokenize_paths(transitions: Transitions, discretizer: Discretizer, sequence:
     return np.split(tokens, np.cumsum(lengths)[:-1])
 
 
+def validation_split(paths: int, fraction: float) -> tuple[list[int], list[int]]:
+    """(training, held-out) path indices; the same held-out paths for every training seed."""
+    order = np.random.default_rng(VALIDATION_SPLIT_SEED).permutation(paths)
+    held_out = 0 if paths < 2 or fraction <= 0 else min(max(round(fraction * paths), 1), paths - 1)
+    return sorted(int(i) for i in order[held_out:]), sorted(int(i) for i in order[:held_out])
+
+
 def prepare(token_paths: list[np.ndarray], discretizer: Discretizer, sequence: SequenceSpec,
             goal_dims: list[int], validation_fraction: float) -> TokenData:
     """Hold out a fraction of paths, build both window sets and each path's goal tokens."""
-    paths = len(token_paths)
-    order = np.random.default_rng(VALIDATION_SPLIT_SEED).permutation(paths)
-    held_out = 0 if paths < 2 or validation_fraction <= 0 else min(max(round(validation_fraction * paths), 1), paths - 1)
-    validation_paths = [token_paths[i] for i in sorted(order[:held_out])]
-    train_paths = [token_paths[i] for i in sorted(order[held_out:])]
+    train_indices, validation_indices = validation_split(len(token_paths), validation_fraction)
+    validation_paths = [token_paths[i] for i in validation_indices]
+    train_paths = [token_paths[i] for i in train_indices]
 
     def goals(paths):
         return torch.tensor(np.array([p[-1, goal_dims] for p in paths]).reshape(len(paths), len(goal_dims)), dtype=torch.long)
@@ -181,6 +218,7 @@ class RunIdentity:
     discretizer_sha256: str
     discretizer_kind: str
     seed: int
+    observed_dims: list[int] | None = None  # a partially observed ablation: the dataset dims the model sees
 
     def fingerprint(self, spec: TrainSpec, sequence: SequenceSpec) -> str:
         content = {"identity": asdict(self), "model": asdict(spec.model), "optim": asdict(spec.optim),
@@ -368,6 +406,15 @@ def write_model(model: TrajectoryTransformer, config: ModelConfig, identity: Run
     with atomic_directory(model_dir) as scratch:
         save_weights(model, scratch / "model.safetensors", MODEL_FORMAT, metadata)
         write_json(scratch / "config.json", metadata)
+
+
+def check_model_inputs(metadata: dict, model_dir: Path, data_dir: Path, dataset_sha256: str, discretizer_dir: Path) -> None:
+    """A trained model belongs to this data and this discretizer, or one line says what to rerun."""
+    if metadata["dataset_sha256"] != dataset_sha256:
+        raise PipelineError(f"{model_dir} was trained on another dataset than {data_dir}: rerun its stage (`dvc repro`)")
+    if metadata["discretizer_sha256"] != file_hash(discretizer_dir / "discretizer.json"):
+        raise PipelineError(f"the model in {model_dir} was trained with another discretizer than {discretizer_dir}: "
+                            "rerun its train stage (`dvc repro`)")
 
 
 def load_model(folder: Path, device: torch.device | str = "cpu") -> tuple[TrajectoryTransformer, dict]:
