@@ -6,6 +6,11 @@ import sys
 import yaml
 
 
+ANALYZE = "analyze@reacher-medium-quantile-0"
+ABLATIONS = ["train-ablation@reacher-medium-quantile-markovian-0", "train-ablation@reacher-medium-quantile-partially_observed-0",
+             "train-ablation@reacher-medium-quantile-partially_observed_markovian-0"]
+
+
 def test_suite_switch_and_incremental_reruns(project):
     # the documented switch: DVC composes params.yaml from conf/ and runs the smoke suite
     project.dvc("exp", "run", "-S", "suite=smoke")
@@ -21,7 +26,20 @@ def test_suite_switch_and_incremental_reruns(project):
     assert (project.path / "reports/results/training-reacher-medium.png").stat().st_size > 1000
     assert (project.path / "reports/results/scores.tsv").read_text().startswith("method\taverage")
     assert "average" in json.loads((project.path / "reports/metrics.json").read_text())
-    assert "reports/metrics.json" in project.dvc("metrics", "show").stdout
+    shown = project.dvc("metrics", "show").stdout
+    assert "reports/metrics.json" in shown and "reports/analyze/reacher-medium/quantile/seed-0.json" in shown
+
+    # the model analysis: Figure 3's curves for the model, its ablations and the ensemble; Figure 4's maps
+    analysis = project.path / "reports/analyze/reacher-medium/quantile/seed-0"
+    metrics = json.loads((project.path / "reports/analyze/reacher-medium/quantile/seed-0.json").read_text())
+    assert set(metrics["fully observed"]) == set(metrics["partially observed"]) == {
+        "Trajectory Transformer", "Markovian", "Gaussian ensemble (PETS)", "discrete oracle"}
+    assert 0 < len(metrics["hidden_dims"]) < 10  # reacher observes 10 dims
+    assert (analysis / "compounding-error.png").stat().st_size > 1000
+    assert (analysis / "attention/layer-0-head-1.png").exists()  # smoke: 1 layer, 2 heads
+    assert (analysis / "curves.csv").read_text().count("\n") == 1 + 5  # header + horizon
+    ablation = json.loads((project.path / "models/reacher-medium/quantile/markovian/seed-0/config.json").read_text())
+    assert ablation["model_config"]["window"] == 2
 
     # nothing changed: nothing runs
     assert project.stages_run() == []
@@ -29,19 +47,19 @@ def test_suite_switch_and_incremental_reruns(project):
     # a discretizer param reruns discretize and what follows, never fetch
     params["discretize"]["n_bins"] = 10
     (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert project.stages_run() == ["discretize@pointmaze-umaze-quantile", "discretize@reacher-medium-quantile",
+    assert project.stages_run() == [ANALYZE, "discretize@pointmaze-umaze-quantile", "discretize@reacher-medium-quantile",
                                     "evaluate-tt-q@pointmaze-umaze-quantile-0",
                                     "evaluate@pointmaze-umaze-quantile-0", "evaluate@reacher-medium-quantile-0",
-                                    "report", "train@pointmaze-umaze-quantile-0", "train@reacher-medium-quantile-0"]
+                                    "report", *ABLATIONS, "train@pointmaze-umaze-quantile-0", "train@reacher-medium-quantile-0"]
     summary = json.loads((project.path / "data/discretized/reacher-medium/quantile/summary.json").read_text())
     assert summary["vocab_size"] == 11
 
-    # a training param reruns train, evaluate and report only
+    # a training param reruns train (and its ablations), evaluate, analyze and report only
     params["train"]["optim"]["max_updates"] = 10
     (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert project.stages_run() == ["evaluate-tt-q@pointmaze-umaze-quantile-0",
+    assert project.stages_run() == [ANALYZE, "evaluate-tt-q@pointmaze-umaze-quantile-0",
                                     "evaluate@pointmaze-umaze-quantile-0", "evaluate@reacher-medium-quantile-0",
-                                    "report", "train@pointmaze-umaze-quantile-0", "train@reacher-medium-quantile-0"]
+                                    "report", *ABLATIONS, "train@pointmaze-umaze-quantile-0", "train@reacher-medium-quantile-0"]
 
     # a planner param reruns evaluate (and report, if the evaluations changed) only
     params["plan"]["beam_width"] = 3
@@ -57,10 +75,22 @@ def test_suite_switch_and_incremental_reruns(project):
     # one dataset's fetch params rerun that dataset only
     params["datasets"]["reacher-medium"]["fetch"]["episodes"] = 30
     (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert project.stages_run() == ["bc@reacher-medium-0", "discretize@reacher-medium-quantile", "evaluate-bc@reacher-medium-0",
+    assert project.stages_run() == [ANALYZE, "bc@reacher-medium-0", "discretize@reacher-medium-quantile", "evaluate-bc@reacher-medium-0",
                                     "evaluate@reacher-medium-quantile-0", "fetch@reacher-medium", "report",
-                                    "train@reacher-medium-quantile-0"]
+                                    *ABLATIONS, "train@reacher-medium-quantile-0"]
     assert project.stages_run() == []
+
+    # an analysis param reruns the analysis only; an ablation's param, that ablation and the analysis
+    params["analyze"]["rollouts"] = 4
+    (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert project.stages_run() == [ANALYZE]
+    params["analyze"]["ablations"]["partially_observed"]["mask_seed"] = 1  # other hidden dims
+    (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = project.dvc("repro", check=False)  # the two partially observed models no longer hide the same dims
+    assert result.returncode != 0 and "is not the partially observed model this stage expects" in result.stderr + result.stdout
+    params["analyze"]["ablations"]["partially_observed_markovian"]["mask_seed"] = 1
+    (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert project.stages_run() == [ANALYZE, *ABLATIONS[2:]]  # the report reads no ablation
 
     # a critic param reruns the critic and what uses it: TT+Q, IQL and the report
     params["critic"]["expectile"] = 0.7
