@@ -29,6 +29,9 @@ def test_bin_log_density_equals_a_hand_computation():
     value, outside = bin_log_density(marginals, np.array([9.0, 12.0]), edges)
     assert value == pytest.approx(math.log(0.4 / 4.0) + math.log(0.125 / 7.0))
     assert outside.tolist() == [True, True]
+    # a probability of exactly zero is floored, so one confident miss does not make the curve -inf
+    value, _ = bin_log_density(np.array([[0.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0]]), np.array([0.5, 0.5]), edges)
+    assert np.isfinite(value) and value < -80
 
 
 def test_the_discrete_oracle_is_appendix_b_for_uniform_bins():

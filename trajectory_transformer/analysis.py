@@ -10,9 +10,10 @@ never zero where the model is not. Each bin is a uniform density over its range.
 step t is the log-density of the true held-out observation under these marginals, summed over
 dimensions (1000 samples cannot estimate a joint over N dimensions; the per-dimension marginals
 are what Figure 3 plots), averaged over the starts.
-Two conventions, stated because they move numbers: sampling is conditioned on no termination
-(the termination token is left out and the bins renormalized), and a true value beyond the
-outer edges is scored in the outer bin (the fraction is reported: `outside_bins`).
+Conventions, stated because they move numbers: sampling is conditioned on no termination
+(the termination token is left out and the bins renormalized); a true value beyond the
+outer edges is scored in the outer bin (the fraction is reported: `outside_bins`). A bin
+probability that underflows float32 in every rollout is floored at the smallest normal float32.
 
 The discrete oracle (Appendix B) puts all mass on the true bin: sum_d log(1 / width of the true
 bin); for uniform bins that is sum_d log(V / (r_d - l_d)), the appendix's formula.
@@ -41,6 +42,7 @@ from trajectory_transformer.planner import CachedDecoder, FullDecoder, sample
 from trajectory_transformer.training import AblationSpec
 
 ORACLE = "discrete oracle"
+SMALLEST_PROBABILITY = float(np.finfo(np.float32).tiny)
 SMALLEST_BIN_WIDTH = 1e-6  # collapsed quantile edges (repeated values) would give an infinite density
 
 
@@ -165,7 +167,8 @@ def bin_log_density(marginals: np.ndarray, observations: np.ndarray, edges: np.n
     tokens = np.stack([np.searchsorted(edges[d, 1:-1], observations[..., d], side="right") for d in range(edges.shape[0])], axis=-1)
     widths = np.maximum(np.diff(edges, axis=1), SMALLEST_BIN_WIDTH)  # (N, V)
     dims = np.arange(edges.shape[0])
-    probability = np.take_along_axis(marginals, tokens[..., None], axis=-1)[..., 0]
+    # a probability that underflowed float32 in every rollout scores -87 nats, not -inf for the whole curve
+    probability = np.maximum(np.take_along_axis(marginals, tokens[..., None], axis=-1)[..., 0], SMALLEST_PROBABILITY)
     outside = (observations < edges[:, 0]) | (observations > edges[:, -1])
     return (np.log(probability) - np.log(widths[dims, tokens])).sum(axis=-1), outside
 
