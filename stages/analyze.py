@@ -98,11 +98,12 @@ def main(dataset: str, seed: int, data_dir: Path, discretizer_dir: Path, model_d
 
     for panel, observed in ((FULLY_OBSERVED, None), (PARTIALLY_OBSERVED, partial_view)):
         view = discretizer.observing(observed) if observed is not None else discretizer
-        seen = len(observed) if observed is not None else N
+        panel_starts = observed_columns(starts, N, observed)
         click.echo(f"{panel}: feed-forward ensemble")
-        ensemble = fit_feed_forward(observed_columns([paths[i] for i in training], N, observed), seen, M, spec.ensemble, spec.seed, device)
-        panels[panel]["Gaussian ensemble (PETS)"] = feed_forward_curve(ensemble, observed_columns(starts, N, observed), seen, spec, device)
-        panels[panel][ORACLE] = oracle_curve(view, observed_columns(starts, N, observed), spec.horizon)
+        ensemble = fit_feed_forward(observed_columns([paths[i] for i in training], N, observed), view.observation_dim, M,
+                                    spec.ensemble, spec.seed, device)
+        panels[panel]["Gaussian ensemble (PETS)"] = feed_forward_curve(ensemble, panel_starts, view.observation_dim, spec, device)
+        panels[panel][ORACLE] = oracle_curve(view, panel_starts, spec.horizon)
 
     config = first_model.config
     window = discretizer.tokenize(starts[0][: config.window])[None].reshape(1, -1)[:, : config.block_size]
@@ -131,7 +132,7 @@ def main(dataset: str, seed: int, data_dir: Path, discretizer_dir: Path, model_d
             for name in ("Trajectory Transformer", "Gaussian ensemble (PETS)"):
                 rows[name] = np.concatenate([starts[0][:1, :N], full[name].prediction[0]])
             frames = np.linspace(0, spec.horizon, RENDERED_FRAMES).round().astype(int).tolist()
-            render_filmstrip(env_spec.id, rows, frames, scratch / "prediction.png")
+            render_filmstrip(backend, env_spec.id, rows, frames, scratch / "prediction.png")
     write_json(metrics_path, metrics)
     click.echo(json.dumps(metrics))
 

@@ -21,16 +21,17 @@ from trajectory_transformer.training import AblationSpec
 def test_bin_log_density_equals_a_hand_computation():
     # two dims; dim 0 bins [0,1) [1,2) [2,4) [4,8], dim 1 bins [0,1) [1,2) [2,3) [3,10]
     edges = np.array([[0.0, 1.0, 2.0, 4.0, 8.0], [0.0, 1.0, 2.0, 3.0, 10.0]])
+    bins = Discretizer("uniform", "midpoint", edges, np.zeros((2, 4)), observation_dim=2, action_dim=0)
     marginals = np.array([[0.1, 0.2, 0.3, 0.4], [0.5, 0.25, 0.125, 0.125]])
-    value, outside = bin_log_density(marginals, np.array([3.0, 0.5]), edges)
+    value, outside = bin_log_density(marginals, np.array([3.0, 0.5]), bins)
     assert value == pytest.approx(math.log(0.3 / 2.0) + math.log(0.5 / 1.0))
     assert not outside.any()
     # beyond the outer edge: scored in the outer bin, and flagged
-    value, outside = bin_log_density(marginals, np.array([9.0, 12.0]), edges)
+    value, outside = bin_log_density(marginals, np.array([9.0, 12.0]), bins)
     assert value == pytest.approx(math.log(0.4 / 4.0) + math.log(0.125 / 7.0))
     assert outside.tolist() == [True, True]
     # a probability of exactly zero is floored, so one confident miss does not make the curve -inf
-    value, _ = bin_log_density(np.array([[0.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0]]), np.array([0.5, 0.5]), edges)
+    value, _ = bin_log_density(np.array([[0.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0]]), np.array([0.5, 0.5]), bins)
     assert np.isfinite(value) and value < -80
 
 
@@ -40,10 +41,10 @@ def test_the_discrete_oracle_is_appendix_b_for_uniform_bins():
     discretizer = Discretizer.fit(data, "uniform", DiscretizeSpec(n_bins=V), N, M)
     low, high = data[:, :N].min(axis=0), data[:, :N].max(axis=0)
     appendix_b = np.sum(np.log(V / (high - low)))  # sum_i log(V / (r_i - l_i))
-    assert np.allclose(oracle_log_density(data[:50, :N], discretizer.edges[:N]), appendix_b)
+    assert np.allclose(oracle_log_density(data[:50, :N], discretizer), appendix_b)
     # quantile bins: the oracle is the true bin's width, so it varies with the state
     quantile = Discretizer.fit(data, "quantile", DiscretizeSpec(n_bins=V), N, M)
-    assert np.ptp(oracle_log_density(data[:50, :N], quantile.edges[:N])) > 0.1
+    assert np.ptp(oracle_log_density(data[:50, :N], quantile)) > 0.1
 
 
 def tiny_model(window=4):

@@ -61,7 +61,7 @@ def test_unknown_env_and_wrong_shape_are_one_line_errors():
 
 def test_frames_outside_a_row_are_refused_before_rendering(tmp_path):
     with pytest.raises(PipelineError, match="outside row 'true'"):
-        render_filmstrip("Reacher-v5", {"true": rollout("Reacher-v5", 3)}, [0, 9], tmp_path / "strip.png")
+        render_filmstrip("egl", "Reacher-v5", {"true": rollout("Reacher-v5", 3)}, [0, 9], tmp_path / "strip.png")
     assert not list(tmp_path.iterdir())
 
 
@@ -78,7 +78,7 @@ def test_filmstrip_has_one_cell_per_row_and_frame(tmp_path):
     true = rollout("Reacher-v5")
     rows = {"true": true, "Trajectory Transformer": true + 0.01, "Gaussian ensemble": true - 0.01}
     path = tmp_path / "figures" / "filmstrip.png"
-    render_filmstrip("Reacher-v5", rows, [0, 3, 6], path, size=64)
+    render_filmstrip(backend, "Reacher-v5", rows, [0, 3, 6], path, size=64)
     image = matplotlib.image.imread(path)
     assert image.shape[:2] == (HEADER_PIXELS + 3 * 64, 4 * 64)
     cell = image[HEADER_PIXELS:HEADER_PIXELS + 64, 64:128]

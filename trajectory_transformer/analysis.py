@@ -160,25 +160,29 @@ def transformer_marginals(model: TrajectoryTransformer, first_observations: torc
     return marginals, first_future
 
 
-def bin_log_density(marginals: np.ndarray, observations: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def true_bins(observations: np.ndarray, discretizer: Discretizer) -> tuple[np.ndarray, np.ndarray]:
+    """The bin of each observation value (..., N) and that bin's width (floored)."""
+    N = discretizer.observation_dim
+    tokens = discretizer.tokenize(observations, slice(0, N))
+    widths = np.maximum(np.diff(discretizer.edges[:N], axis=1), SMALLEST_BIN_WIDTH)  # (N, V)
+    return tokens, widths[np.arange(N), tokens]
+
+
+def bin_log_density(marginals: np.ndarray, observations: np.ndarray, discretizer: Discretizer) -> tuple[np.ndarray, np.ndarray]:
     """Log-density of `observations` (..., N) under per-dimension bin probabilities (..., N, V),
-    uniform within each bin of `edges` (N, V + 1): summed over N. Also whether each value fell
-    outside the outer edges (scored in the outer bin)."""
-    tokens = np.stack([np.searchsorted(edges[d, 1:-1], observations[..., d], side="right") for d in range(edges.shape[0])], axis=-1)
-    widths = np.maximum(np.diff(edges, axis=1), SMALLEST_BIN_WIDTH)  # (N, V)
-    dims = np.arange(edges.shape[0])
+    uniform within each of the discretizer's observation bins: summed over N. Also whether each
+    value fell outside the outer edges (scored in the outer bin)."""
+    tokens, widths = true_bins(observations, discretizer)
     # a probability that underflowed float32 in every rollout scores -87 nats, not -inf for the whole curve
     probability = np.maximum(np.take_along_axis(marginals, tokens[..., None], axis=-1)[..., 0], SMALLEST_PROBABILITY)
+    edges = discretizer.edges[: discretizer.observation_dim]
     outside = (observations < edges[:, 0]) | (observations > edges[:, -1])
-    return (np.log(probability) - np.log(widths[dims, tokens])).sum(axis=-1), outside
+    return (np.log(probability) - np.log(widths)).sum(axis=-1), outside
 
 
-def oracle_log_density(observations: np.ndarray, edges: np.ndarray) -> np.ndarray:
+def oracle_log_density(observations: np.ndarray, discretizer: Discretizer) -> np.ndarray:
     """Appendix B: the log-density of a model with all mass on the true bin, summed over dims."""
-    certain = np.zeros((*observations.shape, edges.shape[1] - 1))
-    tokens = np.stack([np.searchsorted(edges[d, 1:-1], observations[..., d], side="right") for d in range(edges.shape[0])], axis=-1)
-    np.put_along_axis(certain, tokens[..., None], 1.0, axis=-1)
-    return bin_log_density(certain, observations, edges)[0]
+    return -np.log(true_bins(observations, discretizer)[1]).sum(axis=-1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,13 +264,13 @@ def transformer_curve(model: TrajectoryTransformer, discretizer: Discretizer, st
     generator = torch.Generator(device=device).manual_seed(spec.seed)
     marginals, first_future = transformer_marginals(model, first, spec.rollouts, spec.horizon, generator, crop, spec.cached, progress)
     truth = np.stack([p[1 : spec.horizon + 1, :N] for p in starts])
-    per_start, outside = bin_log_density(marginals.cpu().double().numpy(), truth, discretizer.edges[:N])
+    per_start, outside = bin_log_density(marginals.cpu().double().numpy(), truth, discretizer)
     return summarize_curve(per_start, float(outside.mean()), discretizer.reconstruct(first_future.cpu().numpy(), slice(0, N)))
 
 
 def oracle_curve(discretizer: Discretizer, starts: list[np.ndarray], horizon: int) -> Curve:
     N = discretizer.observation_dim
-    return summarize_curve(oracle_log_density(np.stack([p[1 : horizon + 1, :N] for p in starts]), discretizer.edges[:N]))
+    return summarize_curve(oracle_log_density(np.stack([p[1 : horizon + 1, :N] for p in starts]), discretizer))
 
 
 def feed_forward_curve(model: FeedForwardModel, starts: list[np.ndarray], observation_dim: int, spec: AnalyzeSpec,

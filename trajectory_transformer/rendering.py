@@ -155,13 +155,15 @@ def _render_in_child(backend: str, env_id: str, qpos: np.ndarray, qvel: np.ndarr
         return np.load(images)
 
 
-def render_filmstrip(env_id: str, rows: dict[str, np.ndarray], frames: list[int], path: Path, size: int = 160) -> None:
-    """One PNG: a row per entry of `rows` (label -> (T, N) observations), a column per frame index,
-    each cell the rendered env state; labels on the left, frame indices on top.
+def render_filmstrip(backend: str, env_id: str, rows: dict[str, np.ndarray], frames: list[int], path: Path,
+                     size: int = 160) -> None:
+    """One PNG, rendered with the GL `backend` that `offline_gl_backend` found: a row per entry of
+    `rows` (label -> (T, N) observations), a column per frame index, each cell the rendered env
+    state; labels on the left, frame indices on top. Stages write it inside an atomic directory.
 
     Pixel-exact layout: (len(frames) + 1) * size wide (the first column holds the wrapped labels),
-    HEADER_PIXELS + len(rows) * size high. Raises PipelineError (one line) for bad input or if no
-    offline backend renders.
+    HEADER_PIXELS + len(rows) * size high. Raises PipelineError (one line) for bad input or a
+    failed render.
     """
     if not rows or not frames:
         raise PipelineError("render_filmstrip needs at least one row and one frame index")
@@ -173,9 +175,6 @@ def render_filmstrip(env_id: str, rows: dict[str, np.ndarray], frames: list[int]
             raise PipelineError(f"frames {outside} are outside row {label!r}, which has {len(row_qpos)} steps")
         qpos.append(row_qpos[frames])
         qvel.append(row_qvel[frames])
-    backend, message = offline_gl_backend()
-    if backend is None:
-        raise PipelineError(message)
     images = _render_in_child(backend, env_id, np.stack(qpos), np.stack(qvel), size)
 
     width, height = (len(frames) + 1) * size, HEADER_PIXELS + len(rows) * size
@@ -195,9 +194,4 @@ def render_filmstrip(env_id: str, rows: dict[str, np.ndarray], frames: list[int]
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        figure.savefig(scratch, format="png", dpi=_DPI)
-        os.replace(scratch, path)  # a killed run never leaves a half-written figure
-    finally:
-        scratch.unlink(missing_ok=True)
+    figure.savefig(path, format="png", dpi=_DPI)
