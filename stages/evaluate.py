@@ -1,10 +1,13 @@
 """Stage `evaluate` and its variants: run one trained agent in its environment.
 
-- TT: `--model` and `--discretizer` (the planner of params `plan`);
+- TT: `--model` and `--discretizer` (the planner of params `plan`, with the dataset's own
+  overrides `datasets.<name>.plan`);
+- imitation: the same with `--imitation` (likelihood beam search: no reward, no value);
 - TT+Q: the same plus `--critic` (an IQL agent from the `critic` stage scores the plans);
 - BC or IQL: `--policy` (an agent from the `bc` or `critic` stage acts alone).
 """
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -39,14 +42,15 @@ def check_trained_on(metadata: dict, dataset_sha256: str, data_dir: Path, folder
 @click.option("--discretizer", "discretizer_dir", type=click.Path(path_type=Path), help="its discretizer")
 @click.option("--critic", "critic_dir", type=click.Path(path_type=Path), help="an IQL agent whose critic scores plans (TT+Q)")
 @click.option("--policy", "policy_dir", type=click.Path(path_type=Path), help="a BC or IQL agent that acts alone")
+@click.option("--imitation", is_flag=True, help="plan by likelihood alone (imitation), whatever plan.mode says")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
 @click.option("--timing", type=click.Path(path_type=Path), required=True, help="wall times, kept out of DVC outputs")
 @stage_command
 def main(dataset: str, seed: int, data_dir: Path, model_dir: Path | None, discretizer_dir: Path | None,
-         critic_dir: Path | None, policy_dir: Path | None, out_dir: Path, timing: Path) -> None:
+         critic_dir: Path | None, policy_dir: Path | None, imitation: bool, out_dir: Path, timing: Path) -> None:
     if (policy_dir is None) == (model_dir is None) or (model_dir is None) != (discretizer_dir is None) \
-            or (policy_dir is not None and critic_dir is not None):
-        raise click.UsageError("give --model and --discretizer (with --critic for TT+Q), or --policy alone")
+            or (policy_dir is not None and (critic_dir is not None or imitation)):
+        raise click.UsageError("give --model and --discretizer (with --critic for TT+Q or --imitation), or --policy alone")
     params = load_params()
     where = f"datasets.{dataset}"
     dataset_spec = parse(DatasetSpec, section(params, where), where)
@@ -60,7 +64,9 @@ def main(dataset: str, seed: int, data_dir: Path, model_dir: Path | None, discre
         check_trained_on(metadata, dataset_sha256, data_dir, policy_dir)
         agent, weights = PolicyAgent(policy, device), policy_dir / "agent.safetensors"
     else:
-        planner = parse(PlannerSpec, section(params, "plan"), "plan")
+        planner = parse(PlannerSpec, {**section(params, "plan"), **dataset_spec.plan}, f"plan (with {where}.plan)")
+        if imitation:
+            planner = dataclasses.replace(planner, mode="likelihood")
         model, metadata = load_model(model_dir, device)
         discretizer = Discretizer.load(discretizer_dir / "discretizer.json")
         check_model_inputs(metadata, model_dir, data_dir, dataset_sha256, discretizer_dir)

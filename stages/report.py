@@ -15,6 +15,7 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from trajectory_transformer import gridworld, mazes as maze_tasks  # noqa: E402
 from trajectory_transformer.artifacts import atomic_directory, write_json  # noqa: E402
 from trajectory_transformer.cli import stage_command  # noqa: E402
 from trajectory_transformer.config import load_params, parse, section  # noqa: E402
@@ -32,12 +33,26 @@ def is_maze(spec: DatasetSpec) -> bool:
     return spec.fetch.generator == "pointmaze" or "maze" in ids
 
 
+def is_goal_reaching(spec: DatasetSpec) -> bool:
+    return spec.observation.task == "goal-reaching"
+
+
 def source(spec: DatasetSpec) -> str:
     fetch = spec.fetch
     if fetch.source == "minari":
         return " + ".join(np.atleast_1d(fetch.minari_id).astype(str))
-    detail = fetch.maze if fetch.generator == "pointmaze" else fetch.quality
+    detail = {"pointmaze": fetch.maze, "pointmaze-goals": fetch.maze, "minigrid": gridworld.ENV_ID}.get(fetch.generator, fetch.quality)
     return f"generated: {fetch.generator} {detail}, seed {fetch.seed}"
+
+
+def paths_figure(spec: DatasetSpec, episodes_file: Path, path: Path) -> None:
+    """Figure 6: the executed paths of held-out goals (four rooms), or of held-out maps (MiniGrid)."""
+    episodes = json.loads(episodes_file.read_text())["episodes"]
+    if spec.fetch.generator == "minigrid":
+        gridworld.draw_paths([np.array(e["map"]) for e in episodes], [np.array(e["path"]) for e in episodes],
+                             [e["success"] for e in episodes], path)
+    else:
+        maze_tasks.draw_paths(spec.fetch.maze, episodes, path)
 
 
 def environment(data_dir: Path) -> str:
@@ -105,15 +120,18 @@ def main(evaluations: Path, training: Path, datasets_metrics: Path, data: Path, 
     train = parse(TrainSpec, section(params, "train"), "train")
     evaluate = parse(EvaluateSpec, section(params, "evaluate"), "evaluate")
     critic_datasets = set(section(params, "critic.datasets"))
+    imitation_datasets = [d for d in section(params, "imitation.datasets") if d in specs]
     folders = method_folders(kinds)
     results = collect(evaluations, list(specs), folders, train.seeds)
-    mazes = [d for d in specs if is_maze(specs[d])]
-    others = [d for d in specs if d not in mazes]
+    goal_reaching = [d for d in specs if is_goal_reaching(specs[d])]
+    mazes = [d for d in specs if is_maze(specs[d]) and d not in goal_reaching]
+    others = [d for d in specs if d not in mazes and d not in goal_reaching]
 
     def methods_run(datasets: list[str]) -> list[str]:
         """The columns of a table: every method the suite runs on one of its datasets."""
         with_critic = any(d in critic_datasets for d in datasets)
-        return [m for folder, m in folders.items() if with_critic or not (folder.startswith("tt-q-") or folder == "iql")]
+        return [m for folder, m in folders.items() if not folder.startswith("imitation-")
+                and (with_critic or not (folder.startswith("tt-q-") or folder == "iql"))]
 
     methods = methods_run(list(specs))
 
@@ -130,6 +148,21 @@ def main(evaluations: Path, training: Path, datasets_metrics: Path, data: Path, 
         lines += ["Normalized return of the same episodes (the return counts the steps spent at the goal: "
                   "how well an agent stays once there; for reference, not the paper's measure):", "",
                   score_table(results, mazes, methods_run(mazes), maze=False)]
+    if imitation_datasets:
+        imitation_methods = [m for f, m in folders.items() if f.startswith("imitation-")] + [f"TT ({k})" for k in kinds] + ["BC"]
+        lines += ["## Imitation on expert data (paper section 4.2): normalized return", "",
+                  "TT imitation plans by likelihood alone (no reward, no value); TT is the same model planning "
+                  "for reward; the data row is the behaviour policy's own score.", "",
+                  score_table(results, imitation_datasets, imitation_methods, maze=False)]
+        lines += [f"- {d}: data (behaviour policy) {json.loads((datasets_metrics / f'{d}.json').read_text())['normalized_score']:.1f}"
+                  for d in imitation_datasets if (datasets_metrics / f"{d}.json").exists()] + [""]
+    if goal_reaching:
+        lines += ["## Goal reaching (paper section 4.2 and appendix F): goals reached × 100", "",
+                  "Held-out start/goal pairs (four rooms) or held-out maps (MiniGrid), never in the training data; "
+                  "the goal-conditioned model plans by likelihood towards the desired final state.", "",
+                  score_table(results, goal_reaching, [f"TT ({k})" for k in kinds], maze=True)]
+        lines += [f"- {d}, {m}: {sum(r.successes)} of {len(r.successes)} goals reached; executed paths: `paths-{d}.png`"
+                  for d in goal_reaching for m, r in results.get(d, {}).items()] + [""]
     # returns and success rates are different quantities: aggregate each over its own datasets
     iqm_datasets = others or mazes
     iqm_of = "normalized return" if others else "success rate × 100"
@@ -164,13 +197,18 @@ def main(evaluations: Path, training: Path, datasets_metrics: Path, data: Path, 
             values = [results[d][method].cell(d in mazes)[0] for d in datasets if method in results.get(d, {})]
             if values:
                 averages[group][method] = float(np.mean(values))
+    success_rated = set(mazes) | set(goal_reaching)
     with atomic_directory(out_dir) as scratch:
         (scratch / "results.md").write_text("\n".join(lines))
         bar_figure(averages["normalized_return"] or averages["success_rate"], scratch / "scores.png")
         for dataset in specs:
             training_figure(training, dataset, kinds, train.seeds, scratch / f"training-{dataset}.png")
+        for dataset in goal_reaching:
+            episodes_file = evaluations / dataset / kinds[0] / f"seed-{train.seeds[0]}" / "episodes.json"
+            if episodes_file.exists():
+                paths_figure(specs[dataset], episodes_file, scratch / f"paths-{dataset}.png")
     write_json(metrics, {
-        "score": {d: {m: results[d][m].cell(d in mazes)[0] for m in results[d]} for d in results},
+        "score": {d: {m: results[d][m].cell(d in success_rated)[0] for m in results[d]} for d in results},
         "average": averages,
         "iqm": {m: v["iqm"] for m, v in iqm.items()},
     })

@@ -17,7 +17,7 @@ from trajectory_transformer.config import load_params, parse, section
 from trajectory_transformer.datasets import DatasetSpec, load_transitions
 from trajectory_transformer.discretization import Discretizer
 from trajectory_transformer.errors import PipelineError
-from trajectory_transformer.trajectories import SequenceSpec
+from trajectory_transformer.trajectories import SequenceSpec, path_maps
 from trajectory_transformer.training import AblationSpec, RunIdentity, TrainSpec, tokenize_paths, train
 
 
@@ -63,8 +63,10 @@ def main(dataset: str, seed: int, data_dir: Path, discretizer_dir: Path, model_d
         discretizer_kind=discretizer.kind,
         seed=seed,
         observed_dims=observed_dims,
+        goal_dims=list(dataset_spec.observation.goal_dims or []) if dataset_spec.observation.task == "goal-reaching" else [],
     )
-    train(tokenize_paths(transitions, discretizer, sequence), discretizer, sequence, spec, identity, model_dir, report_dir, checkpoint)
+    train(tokenize_paths(transitions, discretizer, sequence), discretizer, sequence, spec, identity, model_dir, report_dir,
+          checkpoint, path_maps=path_maps(transitions, sequence))
 
 
 if __name__ == "__main__":

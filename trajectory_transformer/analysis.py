@@ -132,7 +132,7 @@ def transformer_marginals(model: TrajectoryTransformer, first_observations: torc
     always crop and re-encode (uncached), as the published planner does."""
     config = model.config
     if config.goal_length:
-        raise PipelineError("the analysis rolls out models without a goal prefix: analyze a model trained with train.model.goal: none")
+        raise PipelineError("the analysis rolls out models without a goal prefix: analyze a dataset whose task is not goal-reaching")
     cached = cached and config.position_embedding == "rotary"
     N, M, V = config.observation_dim, config.action_dim, config.n_bins
     S = first_observations.shape[0]

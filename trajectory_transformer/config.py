@@ -50,7 +50,7 @@ def _describe(annotation) -> str:
     if get_origin(annotation) is list:
         return f"a list of {_describe(get_args(annotation)[0])}"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-            type(None): "null"}.get(annotation, getattr(annotation, "__name__", str(annotation)))
+            type(None): "null", dict: "a mapping"}.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
 def _convert(value, annotation, where: str):
@@ -69,6 +69,9 @@ def _convert(value, annotation, where: str):
             return [_convert(v, get_args(annotation)[0], f"{where}[{i}]") for i, v in enumerate(value)]
     elif dataclasses.is_dataclass(annotation):
         return parse(annotation, value, where)
+    elif annotation is dict:  # checked where it is used (e.g. planner overrides, merged into `plan`)
+        if isinstance(value, dict):
+            return value
     elif annotation is type(None):
         if value is None:
             return None

@@ -45,6 +45,7 @@ LOG_STD_RANGE = (-20.0, 2.0)
 class BCSpec:
     """The `bc` section of params.yaml: a Gaussian MLP policy fitted by maximum likelihood."""
 
+    datasets: list[str] = field(default_factory=list)  # which datasets get an agent (and its evaluation)
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     learning_rate: float = 3e-4
     batch_size: int = 256
@@ -60,7 +61,6 @@ class BCSpec:
 class IQLSpec(BCSpec):
     """The `critic` section of params.yaml (REFERENCE.md 6, AntMaze defaults)."""
 
-    datasets: list[str] = field(default_factory=list)  # which datasets get a critic (TT+Q and IQL runs)
     discount: float = 0.99
     expectile: float = 0.9
     temperature: float = 10.0  # beta of the advantage weight exp(beta * A)

@@ -21,7 +21,7 @@ from minari.data_collector.callbacks import StepDataCallback
 from minari.utils import parse_dataset_id
 from tqdm import tqdm
 
-from trajectory_transformer import behavior, mazes
+from trajectory_transformer import behavior, gridworld, mazes
 from trajectory_transformer.errors import PipelineError
 
 QUALITIES = ("random", "medium", "medium-replay", "expert", "medium-expert")
@@ -43,11 +43,12 @@ class FetchSpec:
     # minari: one id, or several to combine (medium-expert = medium + expert, as D4RL built it)
     minari_id: str | list[str] | None = None
     # generate
-    generator: Literal["pointmaze", "reacher"] | None = None
+    generator: Literal["pointmaze", "pointmaze-goals", "reacher", "minigrid"] | None = None
     maze: str | None = None
     quality: str | None = None
     transitions: int | None = None  # pointmaze: length of the one continuing run
-    episodes: int | None = None  # reacher: episodes per quality
+    episodes: int | None = None  # reacher: episodes per quality; pointmaze-goals, minigrid: episodes
+    random_action_probability: float = 0.25  # minigrid: each step acts uniformly at random with this probability
     reference_episodes: int = 50  # episodes of the random and expert policies for ref scores
     seed: int = 0
 
@@ -61,11 +62,20 @@ class FetchSpec:
             for dataset_id in np.atleast_1d(self.minari_id):
                 check_minari_id(str(dataset_id))
             return
-        need("generator", "choose pointmaze or reacher")
+        need("generator", "choose pointmaze, pointmaze-goals, reacher or minigrid")
         if self.generator == "pointmaze":
             need("maze", f"choose one of {sorted(mazes.LAYOUTS)}")
             mazes.check_maze(self.maze)
             need("transitions", "set the number of environment steps to generate")
+        elif self.generator == "pointmaze-goals":
+            need("maze", f"choose one of {list(mazes.GOAL_REACHING_MAZES)}")
+            if self.maze not in mazes.GOAL_REACHING_MAZES:
+                raise PipelineError(f"params {where}.maze: goal-reaching data need one of {list(mazes.GOAL_REACHING_MAZES)}, got '{self.maze}'")
+            need("episodes", "set the number of episodes to generate")
+        elif self.generator == "minigrid":
+            need("episodes", "set the number of episodes to generate")
+            if not 0 <= self.random_action_probability <= 1:
+                raise PipelineError(f"params {where}.random_action_probability must be in [0, 1], got {self.random_action_probability}")
         else:
             need("quality", f"choose one of {', '.join(QUALITIES)}")
             if self.quality not in QUALITIES:
@@ -115,6 +125,10 @@ def fetch(spec: FetchSpec, name: str, out_dir: Path) -> None:
                 built = download(spec.minari_id, name)
             elif spec.generator == "pointmaze":
                 built = generate_pointmaze(spec, name)
+            elif spec.generator == "pointmaze-goals":
+                built = generate_pointmaze_goals(spec, name)
+            elif spec.generator == "minigrid":
+                built = generate_minigrid(spec, name)
             else:
                 built = generate_reacher(spec, name)
         if out_dir.exists():
@@ -197,6 +211,78 @@ def generate_pointmaze(spec: FetchSpec, name: str) -> Path:
     return minari.storage.get_dataset_path(local_id(name))
 
 
+def generate_pointmaze_goals(spec: FetchSpec, name: str) -> Path:
+    """Goal reaching (the paper's Figure 6): each episode starts in a free cell and heads for a
+    goal cell, the pair drawn uniformly from the pairs not held out for evaluation; it ends when
+    the goal is reached (or at the step limit). The expert and noise are the pointmaze recipe."""
+    rng = np.random.default_rng(spec.seed)
+    training_pairs = mazes.start_goal_pairs(spec.maze)[0]
+    collector = minari.DataCollector(mazes.make_env(spec.maze, reset_target=False, continuing=False))
+    for _ in tqdm(range(spec.episodes), desc=f"generate {name}", unit="episode", mininterval=2):
+        start, goal = training_pairs[rng.integers(len(training_pairs))]
+        obs, _ = collector.reset(seed=int(rng.integers(2**31)), options={"reset_cell": start, "goal_cell": goal})
+        expert = mazes.WaypointExpert(collector.env.unwrapped, mazes.LAYOUTS[spec.maze], rng)
+        done = False
+        while not done:
+            state = obs["observation"]
+            action = expert.action(state[:2], state[2:], obs["desired_goal"])
+            action = np.clip(action + rng.normal(0.0, 0.5, size=2), -1.0, 1.0).astype(np.float32)
+            obs, _, terminated, truncated, _ = collector.step(action)
+            done = terminated or truncated
+    def expert(env, rng):
+        controller = mazes.WaypointExpert(env.unwrapped, mazes.LAYOUTS[spec.maze], rng)
+        return lambda obs: np.clip(controller.action(obs["observation"][:2], obs["observation"][2:], obs["desired_goal"]), -1, 1)
+
+    # on the evaluation task itself: reference episode i runs held-out pair i
+    low, high = reference_policy_returns(lambda: mazes.make_evaluation_env(spec.maze), expert, spec.reference_episodes)
+    create_dataset(
+        collector,
+        name,
+        eval_env=None,
+        algorithm_name="waypoint expert: Q-iteration on cells, PD 10/1, N(0, 0.5^2) action noise",
+        description=(f"PointMaze {spec.maze}: {spec.episodes} episodes from a start cell to a goal cell, the pair drawn "
+                     f"uniformly from all pairs of free cells but {mazes.HELD_OUT_PAIRS} held out for evaluation"),
+        ref_min_score=low,
+        ref_max_score=high,
+    )
+    return minari.storage.get_dataset_path(local_id(name))
+
+
+def generate_minigrid(spec: FetchSpec, name: str) -> Path:
+    """MiniGrid MultiRoom (the paper's appendix F): episodes on maps of training seeds only, each
+    step the shortest-path expert's action, or with `random_action_probability` a uniformly random
+    one: a mixture of a goal-reaching expert and a random policy."""
+    rng = np.random.default_rng(spec.seed)
+    collector = minari.DataCollector(gridworld.make_env())
+    for reset_seed in tqdm(gridworld.training_seeds(spec.seed, spec.episodes), desc=f"generate {name}", unit="episode", mininterval=2):
+        collector.reset(seed=reset_seed)
+        expert, done = gridworld.ShortestPathExpert(), False
+        while not done:
+            if rng.uniform() < spec.random_action_probability:
+                action = int(rng.integers(len(gridworld.ACTIONS)))
+            else:
+                action = expert.action(collector.env)
+            _, _, terminated, truncated, _ = collector.step(action)
+            done = terminated or truncated
+    def expert(env, rng):
+        controller = gridworld.ShortestPathExpert()
+        return lambda obs: controller.action(env)
+
+    # on the evaluation task itself: reference episode i runs on the held-out map of seed i
+    low, high = reference_policy_returns(gridworld.make_env, expert, spec.reference_episodes,
+                                         random_action=lambda rng, env: int(rng.integers(env.action_space.n)))
+    create_dataset(
+        collector,
+        name,
+        eval_env=None,
+        algorithm_name=f"shortest-path expert over the full grid, uniformly random actions with probability {spec.random_action_probability}",
+        description=f"{gridworld.ENV_ID}: {spec.episodes} episodes on maps of training seeds (>= {gridworld.TRAINING_SEEDS_START})",
+        ref_min_score=low,
+        ref_max_score=high,
+    )
+    return minari.storage.get_dataset_path(local_id(name))
+
+
 def pointmaze_reference_returns(maze: str, episodes: int) -> tuple[float, float]:
     """Mean evaluation-task return of uniform random actions and of the noise-free expert."""
 
@@ -211,9 +297,10 @@ def reacher_reference_returns(episodes: int) -> tuple[float, float]:
     return reference_policy_returns(lambda: gym.make("Reacher-v5"), lambda env, rng: lambda obs: behavior.REACHER_EXPERT(obs, rng), episodes)
 
 
-def reference_policy_returns(make_env, make_expert, episodes: int) -> tuple[float, float]:
+def reference_policy_returns(make_env, make_expert, episodes: int, random_action=None) -> tuple[float, float]:
     """(random, expert) mean returns over `episodes` seeded episodes. Seeded apart from the data
-    (reference episode i resets with seed i), so every dataset of a task shares them."""
+    (reference episode i resets with seed i), so every dataset of a task shares them.
+    `random_action(rng, env)` for action spaces that are not [-1, 1] boxes."""
     results = []
     env = make_env()
     for policy in ("random", "expert"):
@@ -223,6 +310,8 @@ def reference_policy_returns(make_env, make_expert, episodes: int) -> tuple[floa
             obs, _ = env.reset(seed=episode)
             if policy == "expert":
                 act = make_expert(env, rng)
+            elif random_action is not None:
+                act = lambda _: random_action(rng, env)  # noqa: E731
             else:
                 act = lambda _: behavior.uniform_random_action(rng, env.action_space.shape[0])  # noqa: E731
             total, done = 0.0, False
@@ -289,6 +378,7 @@ class Transitions:
     rewards: np.ndarray  # (T,) float32
     terminals: np.ndarray  # (T,) bool: a true end of the task
     timeouts: np.ndarray  # (T,) bool: an episode cut without a terminal
+    maps: np.ndarray | None = None  # (T, H, W) uint8 map images given to the model as context (MiniGrid)
 
 
 @dataclass
@@ -296,15 +386,27 @@ class ObservationSpec:
     """How a dataset's observations become one flat vector, and which reward the task uses.
 
     `task: offline-rl` keeps the dataset's rewards; `task: goal-conditioned` recomputes the sparse
-    reward for each episode's own desired goal. Dict observations are flattened by concatenating
-    `observation_keys` in the listed order (PointMaze offline-RL: [observation]; goal-conditioned:
-    [observation, desired_goal]; AntMaze: [achieved_goal, observation], since its `observation`
-    lacks the x-y position). `observation_dims` keeps the first N dims (ant: 27).
+    reward for each episode's own desired goal; `task: goal-reaching` (the paper's section 4.2)
+    trains the goal-conditioned model: the `goal_dims` of each path's final state sit first in
+    every sequence, and at evaluation the planner conditions on the observation's `goal_key`
+    instead. Dict observations are flattened by concatenating `observation_keys` in the listed
+    order (PointMaze offline-RL: [observation]; goal-conditioned: [observation, desired_goal];
+    AntMaze: [achieved_goal, observation], since its `observation` lacks the x-y position).
+    `observation_dims` keeps the first N dims (ant: 27). `map_key` names an image observation
+    (MiniGrid's map) that the model reads as context through a small CNN.
     """
 
-    task: Literal["offline-rl", "goal-conditioned"] = "offline-rl"
+    task: Literal["offline-rl", "goal-conditioned", "goal-reaching"] = "offline-rl"
     observation_keys: list[str] | None = None
     observation_dims: int | None = None
+    goal_dims: list[int] | None = None  # goal-reaching: dims of the flat observation that make the goal
+    goal_key: str | None = None  # goal-reaching: the observation key with the desired goal at evaluation
+    map_key: str | None = None
+
+    def check(self, where: str) -> None:
+        if self.task == "goal-reaching" and (not self.goal_dims or self.goal_key is None):
+            raise PipelineError(f"params {where}: a goal-reaching task needs goal_dims (the goal's dims of the "
+                                "observation) and goal_key (the observation key with the desired goal)")
 
 
 @dataclass
@@ -313,6 +415,7 @@ class DatasetSpec:
 
     fetch: FetchSpec
     observation: ObservationSpec = dataclasses.field(default_factory=ObservationSpec)
+    plan: dict = dataclasses.field(default_factory=dict)  # overrides of `plan` for this dataset (the paper's per-dataset settings)
 
 
 def open_dataset(folder: Path) -> "minari.MinariDataset":
@@ -358,9 +461,10 @@ def flatten_observations(observations, spec: ObservationSpec, where: str) -> np.
 
 def load_transitions(folder: Path, spec: ObservationSpec, where: str = "dataset") -> Transitions:
     dataset = open_dataset(folder)
+    spec.check(where)
     if spec.task == "goal-conditioned" and "desired_goal" not in (spec.observation_keys or []):
         raise PipelineError(f"{where}: a goal-conditioned task needs desired_goal in observation_keys")
-    parts = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts")}
+    parts = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "maps")}
     for episode in dataset.iterate_episodes():
         observations = episode.observations
         rewards = np.asarray(episode.rewards, dtype=np.float32)
@@ -379,9 +483,13 @@ def load_transitions(folder: Path, spec: ObservationSpec, where: str = "dataset"
         parts["rewards"].append(rewards)
         parts["terminals"].append(terminals)
         parts["timeouts"].append(timeouts)
+        if spec.map_key is not None:
+            if not isinstance(observations, dict) or spec.map_key not in observations:
+                raise PipelineError(f"{where}: map_key '{spec.map_key}' is not an observation key of the dataset at {folder}")
+            parts["maps"].append(np.asarray(observations[spec.map_key][:steps], dtype=np.uint8))
     if not parts["actions"]:
         raise PipelineError(f"{where}: the dataset at {folder} holds no episodes")
-    return Transitions(**{k: np.concatenate(v) for k, v in parts.items()})
+    return Transitions(**{k: np.concatenate(v) if v else None for k, v in parts.items()})
 
 
 def summary(folder: Path) -> dict:

@@ -6,11 +6,12 @@ environment still running (they all start together, so planning contexts have th
 Resets and planner randomness are seeded, so a CPU rerun gives identical episodes. Per episode:
 return, normalized score (D4RL's reference returns for locomotion, the dataset's own for
 generated data), success for mazes (counted from `info["success"]`, never read from the return),
-length.
+length. Goal-reaching tasks also record each episode's executed path (the goal dims of every
+observation), its goal, and its map where the model reads one, for the report's figures.
 """
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from trajectory_transformer import mazes
+from trajectory_transformer import gridworld, mazes
 from trajectory_transformer.datasets import DatasetSpec, flatten_observations, normalized_score, open_dataset, reference_returns
 from trajectory_transformer.critic import OfflineAgent
 from trajectory_transformer.discretization import Discretizer
@@ -43,8 +44,10 @@ class EvaluateSpec:
 def make_env(spec: DatasetSpec, data_dir: Path) -> gym.Env:
     """The evaluation environment of a dataset."""
     fetch = spec.fetch
-    if fetch.source == "generate" and fetch.generator == "pointmaze":
+    if fetch.source == "generate" and fetch.generator in ("pointmaze", "pointmaze-goals"):
         return mazes.make_evaluation_env(fetch.maze)
+    if fetch.source == "generate" and fetch.generator == "minigrid":
+        return gridworld.make_env()
     if fetch.source == "generate":
         return gym.make("Reacher-v5")
     try:
@@ -61,12 +64,15 @@ class Episode:
     total: float = 0.0
     success: bool = False
     done: bool = False
+    path: list = field(default_factory=list)  # goal reaching: the goal dims of every observation
 
 
 class PlanningAgent:
     """TT, or TT+Q with a critic: plans from the last `context` transitions seen (as tokens)
     and the current observation, for every environment that needs a plan in one batched search;
-    executes `replan_every` actions of each plan, decoded with the discretizer's reconstruction."""
+    executes `replan_every` actions of each plan, decoded with the discretizer's reconstruction.
+    A goal-conditioned model plans towards each episode's desired goal (tokenized as the goal
+    dims of an observation), a map-conditioned one reads each episode's map."""
 
     def __init__(self, model: TrajectoryTransformer, discretizer: Discretizer, planner: PlannerSpec, seed: int,
                  device: torch.device, critic: Critic | None = None):
@@ -75,10 +81,16 @@ class PlanningAgent:
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.seconds, self.calls = 0.0, 0
 
-    def reset(self, environments: int) -> None:
-        D, M = self.model.config.transition_dim, self.model.config.action_dim
-        self.history = [np.zeros((0, D), dtype=np.int64) for _ in range(environments)]
-        self.queued = [np.zeros((0, M))] * environments
+    def reset(self, goals: list[np.ndarray | None], maps: list[np.ndarray | None]) -> None:
+        config = self.model.config
+        D, M = config.transition_dim, config.action_dim
+        self.history = [np.zeros((0, D), dtype=np.int64) for _ in goals]
+        self.queued = [np.zeros((0, M))] * len(goals)
+        self.goals = self.maps = None
+        if config.goal_length:
+            self.goals = torch.as_tensor(self.discretizer.tokenize(np.stack(goals), config.goal_dims), device=self.device)
+        if config.map_shape:
+            self.maps = torch.as_tensor(np.stack(maps), device=self.device)
 
     def act(self, active: list[int], observations: list[np.ndarray]) -> list[np.ndarray]:
         N, M = self.model.config.observation_dim, self.model.config.action_dim
@@ -88,8 +100,11 @@ class PlanningAgent:
                 np.concatenate([self.history[i].reshape(-1), self.discretizer.tokenize(observations[i], slice(0, N))])
                 for i in need_plan
             ]), device=self.device)
+            rows = torch.as_tensor(need_plan, device=self.device)
+            goal = self.goals[rows] if self.goals is not None else None
+            maps = self.maps[rows] if self.maps is not None else None
             start = time.perf_counter()
-            result = plan(self.model, self.discretizer, self.planner, prefix, self.generator, critic=self.critic)
+            result = plan(self.model, self.discretizer, self.planner, prefix, self.generator, goal=goal, critic=self.critic, maps=maps)
             decoded = self.discretizer.reconstruct(result.actions.cpu().numpy(), slice(N, N + M))
             self.seconds += time.perf_counter() - start
             self.calls += 1
@@ -113,7 +128,7 @@ class PolicyAgent:
         self.agent, self.device = agent, device
         self.seconds, self.calls = 0.0, 0
 
-    def reset(self, environments: int) -> None:
+    def reset(self, goals: list[np.ndarray | None], maps: list[np.ndarray | None]) -> None:
         pass
 
     def act(self, active: list[int], observations: list[np.ndarray]) -> list[np.ndarray]:
@@ -143,16 +158,24 @@ def evaluate(
     if spec.max_episode_steps is not None:
         limit = min(limit, spec.max_episode_steps)
     episodes = [Episode(seed=spec.seed * 10_000 + i) for i in range(spec.episodes)]
-    observations = [flat_observation(env.reset(seed=e.seed)[0], dataset) for env, e in zip(envs, episodes)]
-    agent.reset(len(envs))
+    first = [env.reset(seed=e.seed)[0] for env, e in zip(envs, episodes)]
+    observations = [flat_observation(obs, dataset) for obs in first]
+    task = dataset.observation
+    goal_reaching = task.task == "goal-reaching"
+    goals = [np.asarray(obs[task.goal_key], dtype=np.float64) if goal_reaching else None for obs in first]
+    maps = [np.asarray(obs[task.map_key]) if task.map_key else None for obs in first]
+    agent.reset(goals, maps)
     bar = tqdm(total=limit, desc="evaluate", unit="step", disable=not progress, mininterval=2)
 
+    for episode, observation in zip(episodes, observations):
+        if goal_reaching:
+            episode.path.append(observation[task.goal_dims].tolist())
     for _ in range(limit):
         active = [i for i, e in enumerate(episodes) if not e.done]
         if not active:
             break
         for i, action in zip(active, agent.act(active, observations)):
-            env_action = np.clip(action, envs[i].action_space.low, envs[i].action_space.high).astype(envs[i].action_space.dtype)
+            env_action, action = environment_action(envs[i].action_space, action)
             obs, reward, terminated, truncated, info = envs[i].step(env_action)
             agent.observe(i, observations[i], action, reward)
             observations[i] = flat_observation(obs, dataset)
@@ -161,6 +184,8 @@ def evaluate(
             episode.total += float(reward)
             episode.success |= bool(info.get("success", False))
             episode.done = terminated or truncated or episode.steps >= limit
+            if goal_reaching:
+                episode.path.append(observations[i][task.goal_dims].tolist())
         bar.update(1)
     bar.close()
     records = [{
@@ -170,8 +195,22 @@ def evaluate(
         "success": e.success,
         "length": e.steps,
     } for e in episodes]
+    if goal_reaching:
+        for record, episode, goal, episode_map in zip(records, episodes, goals, maps):
+            record.update(path=episode.path, goal=goal.tolist())
+            if episode_map is not None:
+                record["map"] = episode_map.tolist()
     timing = {"calls": agent.calls, "seconds": agent.seconds, "seconds_per_call": agent.seconds / max(agent.calls, 1)}
     return records, timing
+
+
+def environment_action(space: gym.Space, action: np.ndarray) -> tuple:
+    """(what the env takes, the action as the model sees it): a Box action clipped to its bounds;
+    a Discrete one rounded to the nearest valid index, and recorded as that index."""
+    if isinstance(space, gym.spaces.Discrete):
+        index = int(np.clip(np.rint(action[0]), 0, space.n - 1))
+        return index, np.array([index], dtype=np.float64)
+    return np.clip(action, space.low, space.high).astype(space.dtype), action
 
 
 def flat_observation(observation, dataset: DatasetSpec) -> np.ndarray:

@@ -1,10 +1,16 @@
-"""PointMaze layouts, the published waypoint expert, and the fixed evaluation goal.
+"""PointMaze layouts, the published waypoint expert, and the evaluation tasks.
 
 The expert follows REFERENCE.md section 7 (how the D4RL/Minari PointMaze data were made):
 Q-iteration on the maze's cell grid picks the next cell to head for, a PD controller
 `a = 10 (waypoint - position) - 1 velocity` follows waypoints at cell centres with a small
 random offset (the exact goal last), Gaussian noise is added and actions are clipped.
+
+Two evaluation tasks: the fixed goal of D4RL's maze2d (`EvaluationTask`), and goal reaching
+in the four-rooms map of the paper's Figure 6 (`GoalReachingTask`): start and goal cells drawn
+from a fixed set of held-out pairs that the training data never use.
 """
+
+from pathlib import Path
 
 from dataclasses import dataclass
 
@@ -37,7 +43,20 @@ LAYOUTS = {
         [1, 0, 0, 0, 1, 0, 0, 1],
         [1, 1, 1, 1, 1, 1, 1, 1],
     ],
+    # four 3 x 3 rooms joined by one-cell doorways (the paper's Figure 6 map, scaled down)
+    "fourrooms": [
+        [1, 1, 1, 1, 1, 1, 1, 1, 1],
+        [1, 0, 0, 0, 1, 0, 0, 0, 1],
+        [1, 0, 0, 0, 0, 0, 0, 0, 1],
+        [1, 0, 0, 0, 1, 0, 0, 0, 1],
+        [1, 1, 0, 1, 1, 1, 0, 1, 1],
+        [1, 0, 0, 0, 1, 0, 0, 0, 1],
+        [1, 0, 0, 0, 0, 0, 0, 0, 1],
+        [1, 0, 0, 0, 1, 0, 0, 0, 1],
+        [1, 1, 1, 1, 1, 1, 1, 1, 1],
+    ],
 }
+GOAL_REACHING_MAZES = ("fourrooms",)
 
 # The fixed evaluation task of each maze (D4RL maze2d style): start cell and goal cell.
 EVALUATION_CELLS = {
@@ -45,8 +64,11 @@ EVALUATION_CELLS = {
     "medium": {"reset_cell": (1, 1), "goal_cell": (6, 6)},
 }
 
-ENV_IDS = {"umaze": "PointMaze_UMaze-v3", "medium": "PointMaze_Medium-v3"}
-EPISODE_STEPS = {"umaze": 300, "medium": 600}
+# gymnasium-robotics takes a custom layout through `maze_map`; it has no id of its own
+ENV_IDS = {"umaze": "PointMaze_UMaze-v3", "medium": "PointMaze_Medium-v3", "fourrooms": "PointMaze_UMaze-v3"}
+EPISODE_STEPS = {"umaze": 300, "medium": 600, "fourrooms": 400}
+HELD_OUT_PAIRS = 100  # (start, goal) cell pairs kept for evaluation, of the 1,560 in four rooms
+HELD_OUT_SEED = 0
 
 PD_GAIN_POSITION = 10.0
 PD_GAIN_VELOCITY = 1.0
@@ -58,12 +80,15 @@ def check_maze(maze: str) -> None:
         raise PipelineError(f"unknown maze '{maze}': choose one of {sorted(LAYOUTS)}")
 
 
-def make_env(maze: str, *, reset_target: bool, max_episode_steps: int | None = None) -> gym.Env:
-    """The continuing gymnasium-robotics PointMaze env for a layout (sparse reward, as published)."""
+def make_env(maze: str, *, reset_target: bool, max_episode_steps: int | None = None, continuing: bool = True) -> gym.Env:
+    """The gymnasium-robotics PointMaze env for a layout (sparse reward, as published); continuing
+    by default, else an episode ends when the goal is reached."""
     check_maze(maze)
+    layout = {"maze_map": LAYOUTS[maze]} if maze in GOAL_REACHING_MAZES else {}  # the others are registered ids
     return gym.make(
         ENV_IDS[maze],
-        continuing_task=True,
+        **layout,
+        continuing_task=continuing,
         reset_target=reset_target,
         max_episode_steps=max_episode_steps or EPISODE_STEPS[maze],
     )
@@ -85,6 +110,20 @@ def goal_reached(achieved_goal: np.ndarray, goal: np.ndarray) -> np.ndarray:
 MOVES = ((-1, 0), (1, 0), (0, -1), (0, 1))
 
 
+def free_cells(layout) -> list[tuple[int, int]]:
+    return [(r, c) for r, row in enumerate(layout) for c, wall in enumerate(row) if wall == 0]
+
+
+def start_goal_pairs(maze: str) -> tuple[list, list]:
+    """(training, held-out) ordered (start cell, goal cell) pairs of distinct free cells: a fixed
+    random `HELD_OUT_PAIRS` of them are kept for evaluation and never generated as data."""
+    cells = free_cells(LAYOUTS[maze])
+    pairs = [(start, goal) for start in cells for goal in cells if start != goal]
+    order = np.random.default_rng(HELD_OUT_SEED).permutation(len(pairs))
+    held_out = set(int(i) for i in order[:HELD_OUT_PAIRS])
+    return [p for i, p in enumerate(pairs) if i not in held_out], [pairs[int(i)] for i in order[:HELD_OUT_PAIRS]]
+
+
 def free_neighbours(layout, cell):
     row, col = cell
     for dr, dc in MOVES:
@@ -96,10 +135,9 @@ def free_neighbours(layout, cell):
 def q_iteration(layout, goal_cell, discount: float = 0.99, iterations: int = 50) -> np.ndarray:
     """Cell values after Q-iteration: reward 1 for being at the goal cell, 4 moves, walls blocked."""
     values = np.zeros((len(layout), len(layout[0])))
-    free_cells = [(r, c) for r, row in enumerate(layout) for c, wall in enumerate(row) if wall == 0]
     for _ in range(iterations):
         updated = np.zeros_like(values)
-        for cell in free_cells:
+        for cell in free_cells(layout):
             reward = 1.0 if cell == tuple(goal_cell) else 0.0
             updated[cell] = reward + discount * max(values[n] for n in free_neighbours(layout, cell))
         values = updated
@@ -172,6 +210,60 @@ class EvaluationTask(gym.Wrapper):
         return obs, float(info["success"]), terminated, truncated, info
 
 
-def make_evaluation_env(maze: str) -> EvaluationTask:
+def make_evaluation_env(maze: str) -> gym.Env:
     check_maze(maze)
-    return EvaluationTask(maze)
+    return GoalReachingTask(maze) if maze in GOAL_REACHING_MAZES else EvaluationTask(maze)
+
+
+class GoalReachingTask(gym.Wrapper):
+    """Goal reaching over held-out pairs: the episode reset with seed s starts in the start cell
+    of held-out pair s mod `HELD_OUT_PAIRS` and must reach its goal cell (the env adds its small
+    uniform noise to both); reaching it ends the episode with reward 1 and `info["success"]`."""
+
+    def __init__(self, maze: str, max_episode_steps: int | None = None):
+        super().__init__(make_env(maze, reset_target=False, max_episode_steps=max_episode_steps, continuing=False))
+        self.maze = maze
+        self.pairs = start_goal_pairs(maze)[1]
+
+    def reset(self, *, seed=None, options=None):
+        start, goal = self.pairs[(seed or 0) % len(self.pairs)]
+        return self.env.reset(seed=seed, options={"reset_cell": start, "goal_cell": goal})
+
+
+def draw_paths(maze: str, episodes: list[dict], out: Path, columns: int = 5) -> None:
+    """Figure 6: one panel per episode, the executed path coloured from light to dark with time,
+    the start a circle, the goal a star (with the goal radius), walls grey. `episodes` hold
+    `path` ([x, y] per step), `goal` ([x, y]) and `success`."""
+    import matplotlib  # noqa: PLC0415 (plotting only where a figure is drawn)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    from matplotlib.collections import LineCollection  # noqa: PLC0415
+
+    maze_env = make_env(maze, reset_target=False).unwrapped.maze
+    layout, scale = LAYOUTS[maze], maze_env.maze_size_scaling
+    rows = (len(episodes) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, episode in zip(axes.flat, episodes):
+        for r, row in enumerate(layout):
+            for c, wall in enumerate(row):
+                if wall:
+                    x, y = maze_env.cell_rowcol_to_xy(np.array([r, c]))
+                    ax.add_patch(plt.Rectangle((x - scale / 2, y - scale / 2), scale, scale, color="0.35"))
+        path = np.asarray(episode["path"], dtype=float)
+        segments = np.stack([path[:-1], path[1:]], axis=1)
+        lines = LineCollection(segments, cmap="Blues", norm=plt.Normalize(-0.3 * len(path), len(path)), linewidth=1.5)
+        lines.set_array(np.arange(len(segments)))
+        ax.add_collection(lines)
+        ax.plot(*path[0], "o", color="tab:orange", markersize=6)
+        ax.add_patch(plt.Circle(episode["goal"], GOAL_RADIUS, color="tab:green", alpha=0.25))
+        ax.plot(*episode["goal"], "*", color="tab:green", markersize=11)
+        ax.set_xlim(-len(layout[0]) * scale / 2, len(layout[0]) * scale / 2)
+        ax.set_ylim(-len(layout) * scale / 2, len(layout) * scale / 2)
+        ax.set_aspect("equal")
+        ax.set_title("reached" if episode["success"] else "not reached", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100, metadata={"Software": None})
+    plt.close(fig)

@@ -17,6 +17,9 @@ cached keys stay valid when the planner's context window slides (the planner iss
 The goal-conditioned variant puts G goal tokens (chosen observation dimensions of the goal
 state, embedded with those dimensions' tables) at the start of every sequence, so every token
 can attend to them (REFERENCE.md 4); they are never predicted.
+
+The map-conditioned variant (the paper's appendix F, MiniGrid) adds a context embedding, computed
+by a small CNN from a map image of integer codes, to every token embedding of the sequence.
 """
 
 from dataclasses import dataclass, field
@@ -38,6 +41,8 @@ class ModelConfig:
     dropout: float = 0.1
     position_embedding: str = "learned"  # "learned" (published) or "rotary"
     goal_dims: list[int] = field(default_factory=list)  # observation dims of the goal prefix
+    map_shape: list[int] = field(default_factory=list)  # (H, W) of the map context; empty: none
+    map_codes: int = 0  # distinct integer codes in a map image
 
     @property
     def transition_dim(self) -> int:
@@ -131,6 +136,27 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class MapEncoder(nn.Module):
+    """A small CNN from an (H, W) map of integer codes (one-hot channels) to one embedding."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.codes = config.map_codes
+        height, width = config.map_shape
+        for _ in range(2):  # two stride-2 convolutions
+            height, width = (height + 1) // 2, (width + 1) // 2
+        self.net = nn.Sequential(
+            nn.Conv2d(config.map_codes, 16, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Flatten(), nn.Linear(32 * height * width, config.n_embd),
+        )
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        one_hot = F.one_hot(maps.long().clamp(max=self.codes - 1), self.codes).permute(0, 3, 1, 2).float()
+        return self.net(one_hot)
+
+
 class TrajectoryTransformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -144,6 +170,7 @@ class TrajectoryTransformer(nn.Module):
                 self.goal_position_embedding = nn.Parameter(torch.zeros(1, config.goal_length, width))
         elif config.position_embedding != "rotary":
             raise ValueError(f"unknown position embedding {config.position_embedding!r}")
+        self.map_encoder = MapEncoder(config) if config.map_shape else None
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(width)
@@ -206,8 +233,10 @@ class TrajectoryTransformer(nn.Module):
         return mask
 
     # ---------------------------------------------------------------- training and scoring
-    def forward(self, tokens: torch.Tensor, goal: torch.Tensor | None = None, band: int | None = None) -> torch.Tensor:
-        """Logits (B, T, V + 1) predicting token t + 1 from tokens <= t (and the goal prefix).
+    def forward(self, tokens: torch.Tensor, goal: torch.Tensor | None = None, band: int | None = None,
+                maps: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, V + 1) predicting token t + 1 from tokens <= t (and the goal prefix, and
+        the (B, H, W) map context of a map-conditioned model).
 
         `band` (rotary positions only) restricts every query to its sliding window of `band`
         transitions: the planner's window policy, computed here without a cache."""
@@ -220,6 +249,8 @@ class TrajectoryTransformer(nn.Module):
             x = x + self.position_embedding[:, :length]
         if self.config.goal_length:
             x = torch.cat([self.embed_goal(goal), x], dim=1)
+        if self.map_encoder is not None:
+            x = x + self.map_encoder(maps)[:, None, :]
         x = self.dropout(x)
         rotary = None
         if self.config.position_embedding == "rotary":

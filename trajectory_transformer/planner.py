@@ -21,14 +21,17 @@ Scores (`mode`), for a candidate whose last planned transition is t (s_t, a_t, r
     for every candidate before selection (N more tokens per candidate rather than per kept beam).
   Both critics are IQL's (REFERENCE.md 6): Q = min(Q1, Q2), in the units of its shifted rewards.
 - `likelihood`: the log-probability of every generated token (imitation; with a goal-conditioned
-  model the goal sits at the start of the sequence: goal reaching).
+  model the goal sits at the start of the sequence: goal reaching, and a map-conditioned model
+  reads its map as context).
 
 Window policy. The published planner crops its input to the last `context` transitions before
 every forward pass. With rotary positions we apply that window to every query (sliding-window
 attention: token p sees keys from `window_start(p)` on), so cached keys stay valid as the window
 slides and nothing is re-encoded. Two decoders implement the same policy:
 - `FullDecoder`: no cache, the whole sequence through `model.forward` for every token (the oracle,
-  and the published algorithm: with learned positions, or `crop`, the window is cropped and re-encoded);
+  and the published algorithm: with learned positions, or `crop`, the window is cropped and re-encoded;
+  a goal-conditioned model always crops, so its distance to the goal prefix stays within the
+  training window whatever the position scheme);
 - `CachedDecoder` (rotary only): keys and values kept per layer at three levels, so nothing is
   copied per beam: the shared context (one per environment), the kept beams, and the fresh tokens
   of the current candidates (beam x expansion); beams are re-indexed only when kept.
@@ -69,8 +72,9 @@ class PlannerSpec:
         if self.cached and config.position_embedding != "rotary":
             raise PipelineError("params plan.cached needs a model trained with train.model.position_embedding: rotary "
                                 "(learned positions must re-encode the window each step): set plan.cached false or retrain")
-        if self.cached and config.goal_length:
-            raise PipelineError("goal-conditioned planning runs uncached: set plan.cached false")
+        if self.cached and (config.goal_length or config.map_shape):
+            raise PipelineError("goal- and map-conditioned planning runs uncached: set plan.cached false "
+                                "(for one dataset: datasets.<name>.plan.cached)")
         if config.position_embedding == "learned" and self.context > config.window:
             raise PipelineError(f"params plan.context {self.context} exceeds the model's window of {config.window} "
                                 "transitions (learned positions): lower it or retrain with a longer sequence.window")
@@ -91,9 +95,9 @@ class FullDecoder:
     """No cache: every next-token distribution recomputes the whole visible sequence."""
 
     def __init__(self, model: TrajectoryTransformer, context: int, prefix: torch.Tensor, goal: torch.Tensor | None,
-                 crop: bool = False):
-        self.model, self.context, self.goal = model, context, goal
-        self.crop = crop or model.config.position_embedding == "learned"
+                 crop: bool = False, maps: torch.Tensor | None = None):
+        self.model, self.context, self.goal, self.maps = model, context, goal, maps
+        self.crop = crop or model.config.position_embedding == "learned" or model.config.goal_length > 0
         self.tokens = prefix[:, None, None, :]  # (E, R, X, L)
 
     @torch.no_grad()
@@ -102,11 +106,12 @@ class FullDecoder:
         E, R, X, L = self.tokens.shape
         flat = self.tokens.reshape(E * R * X, L)
         goal = self.goal.repeat_interleave(R * X, dim=0) if self.goal is not None else None
+        maps = self.maps.repeat_interleave(R * X, dim=0) if self.maps is not None else None
         if self.crop:  # the published crop: the last `context` transitions' worth of tokens, re-encoded
             start = window_start(L - 1, self.context, self.model.config.transition_dim)
-            out = self.model(flat[:, start:], goal)[:, -1]
+            out = self.model(flat[:, start:], goal, maps=maps)[:, -1]
         else:
-            out = self.model(flat, goal, band=self.context)[:, -1]
+            out = self.model(flat, goal, band=self.context, maps=maps)[:, -1]
         return out.view(E, R, X, -1)
 
     def expand(self, n: int) -> None:
@@ -301,14 +306,18 @@ def plan(
     generator: torch.Generator,
     goal: torch.Tensor | None = None,
     critic: Critic | None = None,
+    maps: torch.Tensor | None = None,
 ) -> Plan:
     """Plan for E environments. `prefix` (E, P): the context tokens (transitions, then the
-    current observation), transition-aligned. `critic` replaces the value token (TT+Q)."""
+    current observation), transition-aligned. `goal` (E, G): goal tokens of a goal-conditioned
+    model; `maps` (E, H, W): the map of a map-conditioned one. `critic` replaces the value token (TT+Q)."""
     config = model.config
     N, M, V = config.observation_dim, config.action_dim, config.n_bins
     device = prefix.device
     E = prefix.shape[0]
-    decoder = (CachedDecoder if spec.cached else FullDecoder)(model, spec.context, prefix, goal)
+    if (goal is None) != (config.goal_length == 0) or (maps is None) != (not config.map_shape):
+        raise PipelineError("the model's goal prefix and map context must be given exactly when it was trained with them")
+    decoder = CachedDecoder(model, spec.context, prefix, goal) if spec.cached else FullDecoder(model, spec.context, prefix, goal, maps=maps)
     table = torch.as_tensor(discretizer.table, dtype=torch.float32, device=device)  # (D, V)
     reward_dim, value_dim = N + M, N + M + 1
     discounts = spec.discount ** torch.arange(spec.horizon + 1, device=device, dtype=torch.float32)

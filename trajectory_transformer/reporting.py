@@ -19,6 +19,10 @@ PUBLISHED = {
         "halfcheetah-medium": (46.9, 0.4), "hopper-medium": (61.1, 3.6), "walker2d-medium": (79.0, 2.8),
         "halfcheetah-medium-replay": (41.9, 2.5), "hopper-medium-replay": (91.5, 3.6), "walker2d-medium-replay": (82.6, 6.9),
     },
+    # paper section 4.2: likelihood beam search on expert data (the paper gives no error bars)
+    "TT imitation (quantile)": {"hopper-expert": (104.0, float("nan")), "walker2d-expert": (109.0, float("nan"))},
+    # appendix F: MiniGrid MultiRoom-N4-S5, goals reached on held-out maps (%)
+    "TT goal reaching (quantile)": {"minigrid-multiroom": (94.0, float("nan"))},
     "TT+Q (quantile)": {
         "antmaze-umaze": (100.0, 0.0), "antmaze-medium-play": (93.3, 6.4), "antmaze-medium-diverse": (100.0, 0.0),
         "antmaze-large-play": (66.7, 12.2), "antmaze-large-diverse": (60.0, 12.7),
@@ -58,7 +62,7 @@ class Result:
 def method_folders(kinds: list[str]) -> dict[str, str]:
     """Method of each evaluation folder (`dvc.yaml` names them), in table column order."""
     return {**{kind: f"TT ({kind})" for kind in kinds}, **{f"tt-q-{kind}": f"TT+Q ({kind})" for kind in kinds},
-            "iql": "IQL", "bc": "BC"}
+            **{f"imitation-{kind}": f"TT imitation ({kind})" for kind in kinds}, "iql": "IQL", "bc": "BC"}
 
 
 def collect(evaluate_root: Path, datasets: list[str], folders: dict[str, str], seeds: list[int]) -> dict[str, dict[str, Result]]:

@@ -48,8 +48,6 @@ class ArchitectureSpec:
     n_embd: int = 128
     dropout: float = 0.1
     position_embedding: Literal["learned", "rotary"] = "learned"
-    goal: Literal["none", "final-state"] = "none"  # final-state: the path's last state first
-    goal_dims: list[int] | None = None  # observation dims of the goal; null = all
 
 
 @dataclass
@@ -135,6 +133,8 @@ class TokenData:
     validation: Windows | None
     train_goals: torch.Tensor  # (paths, G) goal tokens of each training path
     validation_goals: torch.Tensor
+    train_maps: torch.Tensor | None  # (paths, H, W) map context of each training path
+    validation_maps: torch.Tensor | None
 
 
 def tokenize_paths(transitions: Transitions, discretizer: Discretizer, sequence: SequenceSpec) -> list[np.ndarray]:
@@ -157,14 +157,17 @@ def validation_split(paths: int, fraction: float) -> tuple[list[int], list[int]]
 
 
 def prepare(token_paths: list[np.ndarray], discretizer: Discretizer, sequence: SequenceSpec,
-            goal_dims: list[int], validation_fraction: float) -> TokenData:
-    """Hold out a fraction of paths, build both window sets and each path's goal tokens."""
+            goal_dims: list[int], validation_fraction: float, path_maps: np.ndarray | None = None) -> TokenData:
+    """Hold out a fraction of paths, build both window sets and each path's goal tokens (and map)."""
     train_indices, validation_indices = validation_split(len(token_paths), validation_fraction)
     validation_paths = [token_paths[i] for i in validation_indices]
     train_paths = [token_paths[i] for i in train_indices]
 
     def goals(paths):
         return torch.tensor(np.array([p[-1, goal_dims] for p in paths]).reshape(len(paths), len(goal_dims)), dtype=torch.long)
+
+    def maps(indices):
+        return None if path_maps is None else torch.from_numpy(path_maps[np.asarray(indices, dtype=np.int64)])
 
     def windows(paths):
         return Windows.build(paths, discretizer.termination_token, sequence.window, sequence.max_path_length)
@@ -174,6 +177,8 @@ def prepare(token_paths: list[np.ndarray], discretizer: Discretizer, sequence: S
         validation=windows(validation_paths) if validation_paths and any(len(p) > 1 for p in validation_paths) else None,
         train_goals=goals(train_paths),
         validation_goals=goals(validation_paths),
+        train_maps=maps(train_indices),
+        validation_maps=maps(validation_indices),
     )
 
 
@@ -219,6 +224,7 @@ class RunIdentity:
     discretizer_kind: str
     seed: int
     observed_dims: list[int] | None = None  # a partially observed ablation: the dataset dims the model sees
+    goal_dims: list[int] = field(default_factory=list)  # goal reaching: the final state's dims placed first
 
     def fingerprint(self, spec: TrainSpec, sequence: SequenceSpec) -> str:
         content = {"identity": asdict(self), "model": asdict(spec.model), "optim": asdict(spec.optim),
@@ -227,18 +233,18 @@ class RunIdentity:
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-def model_config(discretizer: Discretizer, sequence: SequenceSpec, spec: ArchitectureSpec) -> ModelConfig:
-    goal_dims = []
-    if spec.goal == "final-state":
-        goal_dims = list(range(discretizer.observation_dim)) if spec.goal_dims is None else list(spec.goal_dims)
-        if not goal_dims or not all(0 <= d < discretizer.observation_dim for d in goal_dims):
-            raise PipelineError(f"params train.model.goal_dims must be observation dims in [0, {discretizer.observation_dim})")
+def model_config(discretizer: Discretizer, sequence: SequenceSpec, spec: ArchitectureSpec, goal_dims: list[int],
+                 path_maps: np.ndarray | None = None) -> ModelConfig:
+    if not all(0 <= d < discretizer.observation_dim for d in goal_dims):
+        raise PipelineError(f"params goal_dims {goal_dims} must be observation dims in [0, {discretizer.observation_dim})")
     if spec.n_embd % spec.n_head or (spec.position_embedding == "rotary" and (spec.n_embd // spec.n_head) % 2):
         raise PipelineError("params train.model.n_embd must be a multiple of n_head (and of 2 n_head for rotary)")
     return ModelConfig(
         observation_dim=discretizer.observation_dim, action_dim=discretizer.action_dim, n_bins=discretizer.n_bins,
         window=sequence.window, n_layer=spec.n_layer, n_head=spec.n_head, n_embd=spec.n_embd, dropout=spec.dropout,
-        position_embedding=spec.position_embedding, goal_dims=goal_dims,
+        position_embedding=spec.position_embedding, goal_dims=list(goal_dims),
+        map_shape=[] if path_maps is None else list(path_maps.shape[1:]),
+        map_codes=0 if path_maps is None else int(path_maps.max()) + 1,
     )
 
 
@@ -252,8 +258,8 @@ def distributed_context() -> tuple[int, int, int]:
 
 
 @torch.no_grad()
-def validation_losses(model: TrajectoryTransformer, windows: Windows, goals: torch.Tensor, batch_size: int,
-                      batches: int, device: torch.device, autocast) -> dict[str, float]:
+def validation_losses(model: TrajectoryTransformer, windows: Windows, goals: torch.Tensor, maps: torch.Tensor | None,
+                      batch_size: int, batches: int, device: torch.device, autocast) -> dict[str, float]:
     """Mean cross-entropy per token group over a fixed subset of held-out windows."""
     model.eval()
     order = torch.from_numpy(np.random.default_rng(VALIDATION_SPLIT_SEED).permutation(len(windows))).to(device)
@@ -263,7 +269,9 @@ def validation_losses(model: TrajectoryTransformer, windows: Windows, goals: tor
         indices = order[start : start + batch_size]
         inputs, targets, mask = windows.batch(indices)
         with autocast():
-            logits = model(inputs, goals[windows.path_of_start[indices]] if model.config.goal_length else None)
+            paths = windows.path_of_start[indices]
+            logits = model(inputs, goals[paths] if model.config.goal_length else None,
+                           maps=maps[paths] if maps is not None else None)
         losses = token_losses(logits, targets)
         groups = target_groups(model.config, inputs.shape[1], device)
         one_hot = torch.nn.functional.one_hot(groups, len(TOKEN_GROUPS)).float()
@@ -284,10 +292,13 @@ def train(
     report_dir: Path,
     checkpoint: Path,
     progress: bool = True,
+    path_maps: np.ndarray | None = None,
 ) -> dict:
     """Train one model; write `model.pt` and `config.json` to `model_dir`, `metrics.json` and
     dvclive curves to `report_dir` (atomically, rank 0). Resumes from `checkpoint` when it
-    belongs to this run (same data, discretizer, params and seed)."""
+    belongs to this run (same data, discretizer, params and seed). The goal-conditioned variant
+    takes `identity.goal_dims` of each path's final state first; `path_maps` (paths, H, W) give
+    a map-conditioned model each path's map."""
     rank, world, local_rank = distributed_context()
     device = resolve_device(spec.run.device, local_rank)
     if device.type == "cpu":
@@ -299,11 +310,12 @@ def train(
     if spec.optim.batch_size % world:
         raise PipelineError(f"params train.optim.batch_size {spec.optim.batch_size} must divide by the {world} processes")
 
-    config = model_config(discretizer, sequence, spec.model)
-    data = prepare(token_paths, discretizer, sequence, config.goal_dims, spec.run.validation_fraction)
+    config = model_config(discretizer, sequence, spec.model, identity.goal_dims, path_maps)
+    data = prepare(token_paths, discretizer, sequence, config.goal_dims, spec.run.validation_fraction, path_maps)
     train_windows = data.train.to(device)
     validation_windows = data.validation.to(device) if data.validation is not None else None
     train_goals, validation_goals = data.train_goals.to(device), data.validation_goals.to(device)
+    train_maps, validation_maps = (None, None) if path_maps is None else (data.train_maps.to(device), data.validation_maps.to(device))
     batch_size = min(spec.optim.batch_size, max(world, len(train_windows) // world * world))
     per_epoch, total, warmup = schedule(len(train_windows), spec.optim, batch_size)
     local_batch = batch_size // world
@@ -347,8 +359,10 @@ def train(
         inputs, targets, mask = train_windows.batch(indices)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(update, total, warmup, spec.optim)
+        paths = train_windows.path_of_start[indices]
         with autocast():
-            logits = trained(inputs, train_goals[train_windows.path_of_start[indices]] if config.goal_length else None)
+            logits = trained(inputs, train_goals[paths] if config.goal_length else None,
+                             maps=train_maps[paths] if train_maps is not None else None)
         loss = weighted_loss(token_losses(logits, targets), mask, group_weights, groups)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -375,7 +389,7 @@ def train(
         if update % spec.run.eval_every == 0 or update == total:
             entry = {"update": update, "train/loss": running["sum"] / max(running["count"], 1), "learning_rate": learning_rate(update - 1, total, warmup, spec.optim)}
             if validation_windows is not None:
-                entry.update(validation_losses(model, validation_windows, validation_goals, batch_size,
+                entry.update(validation_losses(model, validation_windows, validation_goals, validation_maps, batch_size,
                                                spec.run.validation_batches, device, autocast))
             history.append(entry)
             running = {"sum": 0.0, "count": 0}

@@ -72,6 +72,13 @@ def joined_paths(transitions: Transitions, spec: SequenceSpec) -> list[np.ndarra
     return paths
 
 
+def path_maps(transitions: Transitions, spec: SequenceSpec) -> np.ndarray | None:
+    """(paths, H, W): the map of each path (its first step's), for a map-conditioned model."""
+    if transitions.maps is None:
+        return None
+    return np.stack([transitions.maps[start] for start, _ in path_bounds(transitions, spec.max_path_length)])
+
+
 @dataclass
 class Windows:
     """All training windows of a tokenized dataset, in one flat tensor (on any device).
