@@ -234,9 +234,10 @@ class TrajectoryTransformer(nn.Module):
 
     # ---------------------------------------------------------------- training and scoring
     def forward(self, tokens: torch.Tensor, goal: torch.Tensor | None = None, band: int | None = None,
-                maps: torch.Tensor | None = None) -> torch.Tensor:
+                maps: torch.Tensor | None = None, map_embedding: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, V + 1) predicting token t + 1 from tokens <= t (and the goal prefix, and
-        the (B, H, W) map context of a map-conditioned model).
+        the (B, H, W) map context of a map-conditioned model, or its `map_embedding` (B, width)
+        from `map_encoder` when a caller reuses it across calls, as the planner does).
 
         `band` (rotary positions only) restricts every query to its sliding window of `band`
         transitions: the planner's window policy, computed here without a cache."""
@@ -250,7 +251,11 @@ class TrajectoryTransformer(nn.Module):
         if self.config.goal_length:
             x = torch.cat([self.embed_goal(goal), x], dim=1)
         if self.map_encoder is not None:
-            x = x + self.map_encoder(maps)[:, None, :]
+            if map_embedding is None:
+                if maps is None:
+                    raise ValueError("a map-conditioned model needs its maps")
+                map_embedding = self.map_encoder(maps)
+            x = x + map_embedding[:, None, :]
         x = self.dropout(x)
         rotary = None
         if self.config.position_embedding == "rotary":

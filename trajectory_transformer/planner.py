@@ -96,7 +96,8 @@ class FullDecoder:
 
     def __init__(self, model: TrajectoryTransformer, context: int, prefix: torch.Tensor, goal: torch.Tensor | None,
                  crop: bool = False, maps: torch.Tensor | None = None):
-        self.model, self.context, self.goal, self.maps = model, context, goal, maps
+        self.model, self.context, self.goal = model, context, goal
+        self.map_embedding = model.map_encoder(maps) if maps is not None else None  # once per search, not per token
         self.crop = crop or model.config.position_embedding == "learned" or model.config.goal_length > 0
         self.tokens = prefix[:, None, None, :]  # (E, R, X, L)
 
@@ -106,12 +107,12 @@ class FullDecoder:
         E, R, X, L = self.tokens.shape
         flat = self.tokens.reshape(E * R * X, L)
         goal = self.goal.repeat_interleave(R * X, dim=0) if self.goal is not None else None
-        maps = self.maps.repeat_interleave(R * X, dim=0) if self.maps is not None else None
+        maps = self.map_embedding.repeat_interleave(R * X, dim=0) if self.map_embedding is not None else None
         if self.crop:  # the published crop: the last `context` transitions' worth of tokens, re-encoded
             start = window_start(L - 1, self.context, self.model.config.transition_dim)
-            out = self.model(flat[:, start:], goal, maps=maps)[:, -1]
+            out = self.model(flat[:, start:], goal, map_embedding=maps)[:, -1]
         else:
-            out = self.model(flat, goal, band=self.context, maps=maps)[:, -1]
+            out = self.model(flat, goal, band=self.context, map_embedding=maps)[:, -1]
         return out.view(E, R, X, -1)
 
     def expand(self, n: int) -> None:
