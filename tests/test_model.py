@@ -76,3 +76,22 @@ def test_hopper_sized_model_has_the_published_size():
     model = TrajectoryTransformer(config)
     assert config.block_size == 159
     assert 1.1e6 < sum(p.numel() for p in model.parameters()) < 1.3e6  # about 1.2 M (REFERENCE.md 3)
+
+
+def test_the_map_context_changes_the_logits_of_its_own_sequence_and_nothing_else_does():
+    model = tiny(position_embedding="rotary", goal_dims=[0, 1], map_shape=[7, 7], map_codes=4)
+    tokens = torch.randint(0, 5, (2, 12), generator=torch.Generator().manual_seed(1))
+    goal = torch.randint(0, 5, (2, 2), generator=torch.Generator().manual_seed(2))
+    maps = torch.randint(0, 4, (2, 7, 7), generator=torch.Generator().manual_seed(3))
+    base = model(tokens, goal, maps=maps)
+    changed = maps.clone()
+    changed[0, 3, 3] = (changed[0, 3, 3] + 1) % 4  # one cell of the first sequence's map
+    moved = model(tokens, goal, maps=changed)
+    assert not torch.allclose(moved[0], base[0])
+    assert torch.equal(moved[1], base[1])  # the other sequence of the batch is untouched
+    # the planner's path (the map encoded once, then reused) computes the same logits
+    assert torch.equal(model(tokens, goal, map_embedding=model.map_encoder(maps)), base)
+    # placeholder values still change nothing, with a map as without
+    placeholders = tokens.clone()
+    placeholders[:, 4::5] = 0
+    assert torch.equal(model(placeholders, goal, maps=maps), base)

@@ -3,19 +3,27 @@
 import json
 import sys
 
+import numpy as np
 import yaml
 
 
 ANALYZE = "analyze@reacher-medium-quantile-0"
 ABLATIONS = ["train-ablation@reacher-medium-quantile-markovian-0", "train-ablation@reacher-medium-quantile-partially_observed-0",
              "train-ablation@reacher-medium-quantile-partially_observed_markovian-0"]
+GOALS = ["minigrid-multiroom", "pointmaze-fourrooms"]
+IMITATION = "evaluate-imitation@reacher-medium-quantile-0"
+
+
+def stages(name: str, datasets: list[str], suffix: str = "-quantile-0") -> list[str]:
+    return [f"{name}@{d}{suffix}" for d in datasets]
 
 
 def test_suite_switch_and_incremental_reruns(project):
     # the documented switch: DVC composes params.yaml from conf/ and runs the smoke suite
     project.dvc("exp", "run", "-S", "suite=smoke")
     params = yaml.safe_load((project.path / "params.yaml").read_text())
-    assert params["suite_name"] == "smoke" and set(params["datasets"]) == {"pointmaze-umaze", "reacher-medium"}
+    assert params["suite_name"] == "smoke"
+    assert set(params["datasets"]) == {"pointmaze-umaze", "reacher-medium", *GOALS}
     shown = json.loads(project.dvc("exp", "show", "--json").stdout)
     assert "smoke" in json.dumps(shown)
     metrics = json.loads((project.path / "reports/datasets/reacher-medium.json").read_text())
@@ -25,6 +33,18 @@ def test_suite_switch_and_incremental_reruns(project):
     assert (project.path / "reports/results/scores.png").stat().st_size > 1000
     assert (project.path / "reports/results/training-reacher-medium.png").stat().st_size > 1000
     assert (project.path / "reports/results/scores.tsv").read_text().startswith("method\taverage")
+    # imitation and goal reaching (paper section 4.2): their own tables, and the executed paths drawn
+    assert "## Imitation on expert data" in report and "| dataset | TT imitation (quantile) | TT (quantile) | BC |" in report
+    assert "## Goal reaching" in report and "| pointmaze-fourrooms | " in report and "| minigrid-multiroom | " in report
+    for dataset in GOALS:
+        assert (project.path / f"reports/results/paths-{dataset}.png").stat().st_size > 1000
+        episode = json.loads((project.path / f"reports/evaluate/{dataset}/quantile/seed-0/episodes.json").read_text())["episodes"][0]
+        assert len(episode["path"]) == episode["length"] + 1 and len(episode["goal"]) == 2
+        config = json.loads((project.path / f"models/{dataset}/quantile/seed-0/config.json").read_text())
+        assert config["model_config"]["goal_dims"] == [0, 1]
+    assert np.array(episode["map"]).shape == (25, 25)  # minigrid's map travels with its episodes
+    assert json.loads((project.path / "models/minigrid-multiroom/quantile/seed-0/config.json").read_text())["model_config"]["map_shape"] == [25, 25]
+    assert not (project.path / "reports/evaluate/pointmaze-fourrooms/bc").exists()  # BC sees no goal: not run
     assert "average" in json.loads((project.path / "reports/metrics.json").read_text())
     shown = project.dvc("metrics", "show").stdout
     assert "reports/metrics.json" in shown and "reports/analyze/reacher-medium/quantile/seed-0.json" in shown
@@ -47,26 +67,35 @@ def test_suite_switch_and_incremental_reruns(project):
     # a discretizer param reruns discretize and what follows, never fetch
     params["discretize"]["n_bins"] = 10
     (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert project.stages_run() == [ANALYZE, "discretize@pointmaze-umaze-quantile", "discretize@reacher-medium-quantile",
-                                    "evaluate-tt-q@pointmaze-umaze-quantile-0",
-                                    "evaluate@pointmaze-umaze-quantile-0", "evaluate@reacher-medium-quantile-0",
-                                    "report", *ABLATIONS, "train@pointmaze-umaze-quantile-0", "train@reacher-medium-quantile-0"]
+    every = [*GOALS, "pointmaze-umaze", "reacher-medium"]
+    assert project.stages_run() == [ANALYZE, *stages("discretize", every, "-quantile"), IMITATION,
+                                    "evaluate-tt-q@pointmaze-umaze-quantile-0", *stages("evaluate", every),
+                                    "report", *ABLATIONS, *stages("train", every)]
     summary = json.loads((project.path / "data/discretized/reacher-medium/quantile/summary.json").read_text())
     assert summary["vocab_size"] == 11
 
     # a training param reruns train (and its ablations), evaluate, analyze and report only
     params["train"]["optim"]["max_updates"] = 10
     (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert project.stages_run() == [ANALYZE, "evaluate-tt-q@pointmaze-umaze-quantile-0",
-                                    "evaluate@pointmaze-umaze-quantile-0", "evaluate@reacher-medium-quantile-0",
-                                    "report", *ABLATIONS, "train@pointmaze-umaze-quantile-0", "train@reacher-medium-quantile-0"]
+    assert project.stages_run() == [ANALYZE, IMITATION, "evaluate-tt-q@pointmaze-umaze-quantile-0", *stages("evaluate", every),
+                                    "report", *ABLATIONS, *stages("train", every)]
 
     # a planner param reruns evaluate (and report, if the evaluations changed) only
     params["plan"]["beam_width"] = 3
     (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     ran = project.stages_run()
-    assert ran[:3] == ["evaluate-tt-q@pointmaze-umaze-quantile-0", "evaluate@pointmaze-umaze-quantile-0",
-                       "evaluate@reacher-medium-quantile-0"] and ran[3:] in ([], ["report"])
+    assert ran[:6] == [IMITATION, "evaluate-tt-q@pointmaze-umaze-quantile-0", *stages("evaluate", every)] and ran[6:] in ([], ["report"])
+
+    # one dataset's planner overrides rerun that dataset's evaluation only
+    params["datasets"]["pointmaze-fourrooms"]["plan"]["horizon"] = 1
+    (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert project.stages_run()[:1] == ["evaluate@pointmaze-fourrooms-quantile-0"]
+    params["datasets"]["pointmaze-fourrooms"]["plan"]["horizon"] = "long"
+    (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = project.dvc("repro", check=False)
+    assert result.returncode != 0 and "params plan (with datasets.pointmaze-fourrooms.plan).horizon: expected an integer" in result.stderr
+    params["datasets"]["pointmaze-fourrooms"]["plan"]["horizon"] = 1
+    (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     metrics = json.loads((project.path / "reports/evaluate/reacher-medium/quantile/seed-0/metrics.json").read_text())
     assert metrics["episodes"] == 2
     config = json.loads((project.path / "models/reacher-medium/quantile/seed-0/config.json").read_text())
@@ -76,7 +105,7 @@ def test_suite_switch_and_incremental_reruns(project):
     params["datasets"]["reacher-medium"]["fetch"]["episodes"] = 30
     (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert project.stages_run() == [ANALYZE, "bc@reacher-medium-0", "discretize@reacher-medium-quantile", "evaluate-bc@reacher-medium-0",
-                                    "evaluate@reacher-medium-quantile-0", "fetch@reacher-medium", "report",
+                                    IMITATION, "evaluate@reacher-medium-quantile-0", "fetch@reacher-medium", "report",
                                     *ABLATIONS, "train@reacher-medium-quantile-0"]
     assert project.stages_run() == []
 
@@ -130,7 +159,7 @@ def test_bad_params_stop_a_stage_with_one_line(project):
     fetch = [sys.executable, "stages/fetch.py", "--out", "data/raw/x", "--metrics", "reports/x.json"]
     result = project.run(*fetch, "--dataset", "no-such-dataset", check=False)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("error: params: no 'no-such-dataset' in datasets (known: pointmaze-umaze, reacher-medium)")
+    assert result.stderr.strip().splitlines()[-1].startswith("error: params: no 'no-such-dataset' in datasets (known: minigrid-multiroom, pointmaze-fourrooms, pointmaze-umaze, reacher-medium)")
 
     params = yaml.safe_load((project.path / "params.yaml").read_text())
     params["datasets"]["reacher-medium"]["fetch"]["source"] = "ftp"

@@ -70,16 +70,17 @@ def test_the_probability_mass_rule_drops_the_least_likely_tokens():
     assert filter_logits(logits, cdf=0.99, top_k=None).isfinite().tolist() == [False, False, False, False, True]
 
 
-def train_toy(tmp_path, transitions: Transitions, n_bins: int = 8, **model):
+def train_toy(tmp_path, transitions: Transitions, n_bins: int = 8, goal_dims: list[int] = ()):
     sequence = SequenceSpec(discount=0.9, window=3, max_path_length=10)
     joined = np.concatenate(joined_paths(transitions, sequence))
     discretizer = Discretizer.fit(joined, "uniform", DiscretizeSpec(n_bins=n_bins), transitions.observations.shape[1],
                                   transitions.actions.shape[1])
-    spec = TrainSpec(model=ArchitectureSpec(n_layer=2, n_head=2, n_embd=32, dropout=0.0, position_embedding="rotary", **model),
+    spec = TrainSpec(model=ArchitectureSpec(n_layer=2, n_head=2, n_embd=32, dropout=0.0, position_embedding="rotary"),
                      optim=OptimSpec(learning_rate=3e-3, batch_size=32, max_updates=300, warmup_updates=20),
                      run=RunSpec(eval_every=300, checkpoint_every=1000, device="cpu", cpu_threads=2))
     train(tokenize_paths(transitions, discretizer, sequence), discretizer, sequence, spec,
-          RunIdentity("toy", "a", "b", "uniform", 0), tmp_path / "m", tmp_path / "r", tmp_path / "c.pt", progress=False)
+          RunIdentity("toy", "a", "b", "uniform", 0, goal_dims=list(goal_dims)), tmp_path / "m", tmp_path / "r", tmp_path / "c.pt",
+          progress=False)
     return load_model(tmp_path / "m")[0], discretizer
 
 
@@ -186,10 +187,48 @@ def test_goal_conditioned_mode_heads_for_the_goal(tmp_path):
             position += move
         walk.append((position, 0, 0))
         walks.append(walk)
-    model, discretizer = train_toy(tmp_path, paths(walks), goal="final-state")
+    model, discretizer = train_toy(tmp_path, paths(walks), goal_dims=[0])
     spec = PlannerSpec(mode="likelihood", horizon=1, beam_width=8, n_expand=8, context=2, cached=False, action_cdf=None)
     start = torch.tensor([[3], [3], [5], [2]])
     goal = torch.tensor([[6], [0], [7], [0]])
     result = plan(model, discretizer, spec, start, torch.Generator().manual_seed(0), goal=goal)
     moves = result.actions[:, 0, 0].tolist()
     assert moves == [7, 0, 7, 0]
+
+
+class Handcrafted:
+    """A model whose distributions are written by hand (1 observation dim, 1 action dim, 4 bins).
+    After observation 0 the action is 0 with probability 0.6, else 1 (after any other observation,
+    0 surely); rewards and values are 0 surely; after action 0 the next observation is uniform,
+    after action 1 it is 2 surely. So the likelier first action (0) starts the less likely
+    two-step sequence: 0.6 x 0.25 x 0.6 = 0.09 against 0.4 x 1 x 1 = 0.4."""
+
+    config = ModelConfig(observation_dim=1, action_dim=1, n_bins=4, window=4, position_embedding="rotary")
+    map_encoder = None
+
+    def __call__(self, tokens, goal=None, band=None, map_embedding=None):
+        impossible = 1e-13
+        batch, length = tokens.shape
+        probabilities = torch.full((batch, length, 5), impossible, dtype=torch.float64)
+        for i in range(length):
+            predicted = (i + 1) % 4  # the dimension of the token that position i predicts
+            for row in range(batch):
+                if predicted == 1:
+                    probabilities[row, i, :2] = torch.tensor([0.6, 0.4]) if tokens[row, i] == 0 else torch.tensor([1.0, impossible])
+                elif predicted in (2, 3):
+                    probabilities[row, i, 0] = 1.0
+                else:
+                    probabilities[row, i, :4] = 0.25 if tokens[row, i - 2] == 0 else torch.tensor([impossible, impossible, 1.0, impossible])
+        return probabilities.log().float()
+
+
+def test_likelihood_mode_picks_the_most_probable_sequence_of_a_handcrafted_model():
+    model, prefix = Handcrafted(), torch.tensor([[0]])
+    discretizer = Discretizer.fit(np.tile(np.arange(4.0), (4, 1)).T, "uniform", DiscretizeSpec(n_bins=4), 1, 1)
+    spec = PlannerSpec(mode="likelihood", horizon=2, beam_width=4, n_expand=2, context=3, action_cdf=None, cached=False)
+    result = plan(model, discretizer, spec, prefix, torch.Generator().manual_seed(0))
+    assert result.actions[0, :, 0].tolist() == [1, 0]
+    assert result.scores[0].item() == pytest.approx(np.log(0.4), abs=1e-4)
+    # a one-step search sees only the first action: the likelier one
+    one_step = plan(model, discretizer, replace(spec, horizon=1), prefix, torch.Generator().manual_seed(0))
+    assert one_step.actions[0, 0, 0].item() == 0 and one_step.scores[0].item() == pytest.approx(np.log(0.6), abs=1e-4)
