@@ -102,3 +102,10 @@ def test_the_four_rooms_figure_is_deterministic(tmp_path):
     mazes.draw_paths("fourrooms", episodes, tmp_path / "b.png")
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
     assert (tmp_path / "a.png").stat().st_size > 1000
+
+
+def test_a_maze_without_a_fixed_goal_is_refused_for_offline_rl_data():
+    with pytest.raises(PipelineError, match="'fourrooms' has no fixed evaluation goal"):
+        FetchSpec(source="generate", generator="pointmaze", maze="fourrooms", transitions=10).check("datasets.x.fetch")
+    with pytest.raises(PipelineError, match="goal-reaching data need one of"):
+        FetchSpec(source="generate", generator="pointmaze-goals", maze="umaze", episodes=10).check("datasets.x.fetch")

@@ -64,8 +64,11 @@ class FetchSpec:
             return
         need("generator", "choose pointmaze, pointmaze-goals, reacher or minigrid")
         if self.generator == "pointmaze":
-            need("maze", f"choose one of {sorted(mazes.LAYOUTS)}")
+            need("maze", f"choose one of {sorted(mazes.EVALUATION_CELLS)}")
             mazes.check_maze(self.maze)
+            if self.maze not in mazes.EVALUATION_CELLS:
+                raise PipelineError(f"params {where}.maze: '{self.maze}' has no fixed evaluation goal: choose one of "
+                                    f"{sorted(mazes.EVALUATION_CELLS)}, or generator pointmaze-goals for goal reaching")
             need("transitions", "set the number of environment steps to generate")
         elif self.generator == "pointmaze-goals":
             need("maze", f"choose one of {list(mazes.GOAL_REACHING_MAZES)}")
@@ -195,7 +198,7 @@ def generate_pointmaze(spec: FetchSpec, name: str) -> Path:
         action = np.clip(action + rng.normal(0.0, 0.5, size=2), -1.0, 1.0).astype(np.float32)
         obs, *_ = collector.step(action)
     low, high = pointmaze_reference_returns(spec.maze, spec.reference_episodes)
-    create_dataset(
+    return create_dataset(
         collector,
         name,
         eval_env=mazes.make_evaluation_env(spec.maze).env.spec,
@@ -208,7 +211,6 @@ def generate_pointmaze(spec: FetchSpec, name: str) -> Path:
         ref_min_score=low,
         ref_max_score=high,
     )
-    return minari.storage.get_dataset_path(local_id(name))
 
 
 def generate_pointmaze_goals(spec: FetchSpec, name: str) -> Path:
@@ -235,7 +237,7 @@ def generate_pointmaze_goals(spec: FetchSpec, name: str) -> Path:
 
     # on the evaluation task itself: reference episode i runs held-out pair i
     low, high = reference_policy_returns(lambda: mazes.make_evaluation_env(spec.maze), expert, spec.reference_episodes)
-    create_dataset(
+    return create_dataset(
         collector,
         name,
         eval_env=None,
@@ -245,7 +247,6 @@ def generate_pointmaze_goals(spec: FetchSpec, name: str) -> Path:
         ref_min_score=low,
         ref_max_score=high,
     )
-    return minari.storage.get_dataset_path(local_id(name))
 
 
 def generate_minigrid(spec: FetchSpec, name: str) -> Path:
@@ -264,6 +265,7 @@ def generate_minigrid(spec: FetchSpec, name: str) -> Path:
                 action = expert.action(collector.env)
             _, _, terminated, truncated, _ = collector.step(action)
             done = terminated or truncated
+
     def expert(env, rng):
         controller = gridworld.ShortestPathExpert()
         return lambda obs: controller.action(env)
@@ -271,7 +273,7 @@ def generate_minigrid(spec: FetchSpec, name: str) -> Path:
     # on the evaluation task itself: reference episode i runs on the held-out map of seed i
     low, high = reference_policy_returns(gridworld.make_env, expert, spec.reference_episodes,
                                          random_action=lambda rng, env: int(rng.integers(env.action_space.n)))
-    create_dataset(
+    return create_dataset(
         collector,
         name,
         eval_env=None,
@@ -280,7 +282,6 @@ def generate_minigrid(spec: FetchSpec, name: str) -> Path:
         ref_min_score=low,
         ref_max_score=high,
     )
-    return minari.storage.get_dataset_path(local_id(name))
 
 
 def pointmaze_reference_returns(maze: str, episodes: int) -> tuple[float, float]:
@@ -341,7 +342,7 @@ def generate_reacher(spec: FetchSpec, name: str) -> Path:
             obs, _, terminated, truncated, _ = collector.step(policy(obs).astype(np.float32))
             done = terminated or truncated
     low, high = reacher_reference_returns(spec.reference_episodes)
-    create_dataset(
+    return create_dataset(
         collector,
         name,
         eval_env=None,
@@ -350,10 +351,10 @@ def generate_reacher(spec: FetchSpec, name: str) -> Path:
         ref_min_score=low,
         ref_max_score=high,
     )
-    return minari.storage.get_dataset_path(local_id(name))
 
 
-def create_dataset(collector, name: str, **metadata) -> None:
+def create_dataset(collector, name: str, **metadata) -> Path:
+    """Write the collected episodes as Minari dataset `name`; returns its folder."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is set to None", category=UserWarning)
         collector.create_dataset(
@@ -363,6 +364,7 @@ def create_dataset(collector, name: str, **metadata) -> None:
             **metadata,
         )
     collector.close()
+    return minari.storage.get_dataset_path(local_id(name))
 
 
 # ---------------------------------------------------------------------------------------------
