@@ -84,7 +84,7 @@ def test_generated_minigrid_episodes_run_on_training_maps_and_carry_them(tmp_pat
         assert (data.maps[start : start + steps] == env.map).all()
         assert np.array_equal(episode.observations["goal"][0], env.goal_position)
         start += steps
-    assert data.observations.shape[1] == 3 and set(np.unique(data.actions)) <= {0, 1, 2, 3}
+    assert data.observations.shape[1] == 4 and set(np.unique(data.actions)) <= {0, 1, 2, 3}
 
 
 def test_evaluation_actions_fit_their_action_space():

@@ -4,6 +4,7 @@ import pytest
 from trajectory_transformer.gridworld import (
     ACTIONS,
     DOOR,
+    EMPTY,
     GOAL,
     TRAINING_SEEDS_START,
     WALL,
@@ -90,17 +91,20 @@ def test_expert_toggles_a_closed_door_in_front():
     env, expert = make_env(), ShortestPathExpert()
     env.reset(seed=1)
     minigrid_env = env.unwrapped
+    fronts = []
     for _ in range(minigrid_env.max_steps):
         in_front = minigrid_env.grid.get(*minigrid_env.front_pos)
         if in_front is not None and in_front.type == "door" and not in_front.is_open:
             break
-        env.step(expert.action(env))
+        observation, *_ = env.step(expert.action(env))
+        fronts.append(observation["state"][3])
     else:
         pytest.fail("the expert never faced a closed door")
+    assert fronts[-1] == DOOR and DOOR not in fronts[:-1]  # the state says what is in front
     action = expert.action(env)
     assert ACTIONS[action] == MINIGRID_TOGGLE
-    env.step(action)
-    assert in_front.is_open
+    observation, *_ = env.step(action)
+    assert in_front.is_open and observation["state"][3] == EMPTY  # an open door is passable
 
 
 def test_expert_turns_the_short_way_towards_the_next_cell():

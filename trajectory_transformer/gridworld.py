@@ -3,8 +3,10 @@
 Paper appendix F trains on offline goal-reaching data in `MiniGrid-MultiRoom-N4-S5-v0` (a 25x25
 grid of up to 4 small rooms joined by doors). MiniGrid's own observation is a partial egocentric
 image plus a mission string; the Trajectory Transformer tokenises every step, so
-`FullyObservedGrid` replaces it with a 3-number state (agent x, agent y, direction), the goal
-square (x, y) and a per-episode map image of the static layout. The expert walks a breadth-first shortest path and
+`FullyObservedGrid` replaces it with a 4-number state (agent x, agent y, direction, and what is
+in front: empty or an open door, wall, closed door, goal), the goal square (x, y) and a
+per-episode map image of the static layout. The cell in front is the one local observation:
+without it a small model must learn where every wall is from a global map embedding alone. The expert walks a breadth-first shortest path and
 opens the doors on it. Training maps come from reset seeds at or above `TRAINING_SEEDS_START`,
 evaluation maps from seeds below it, so no held-out map is ever trained on.
 """
@@ -49,8 +51,15 @@ def static_map(grid) -> np.ndarray:
     return layout
 
 
+def front_code(cell) -> int:
+    """What the agent faces, as a map code; an open door is passable, so it reads as EMPTY."""
+    if isinstance(cell, Door):
+        return EMPTY if cell.is_open else DOOR
+    return WALL if isinstance(cell, Wall) else GOAL if isinstance(cell, Goal) else EMPTY
+
+
 class FullyObservedGrid(gym.Wrapper, gym.utils.RecordConstructorArgs):
-    """A MiniGrid env observed as {"state": [x, y, direction], "goal": [x, y], "map": static layout map[y, x]}.
+    """A MiniGrid env observed as {"state": [x, y, direction, front], "goal": [x, y], "map": static layout map[y, x]}.
 
     Actions are indices into ACTIONS; the reward is MiniGrid's, and `info["success"]` says whether
     the episode ended on the goal.
@@ -62,7 +71,7 @@ class FullyObservedGrid(gym.Wrapper, gym.utils.RecordConstructorArgs):
         width, height = env.unwrapped.width, env.unwrapped.height
         self.action_space = gym.spaces.Discrete(len(ACTIONS))
         self.observation_space = gym.spaces.Dict({
-            "state": gym.spaces.Box(low=0, high=np.array([width - 1, height - 1, 3]), shape=(3,), dtype=np.int64),
+            "state": gym.spaces.Box(low=0, high=np.array([width - 1, height - 1, 3, GOAL]), shape=(4,), dtype=np.int64),
             "goal": gym.spaces.Box(low=0, high=np.array([width - 1, height - 1]), shape=(2,), dtype=np.int64),
             "map": gym.spaces.Box(low=EMPTY, high=GOAL, shape=(height, width), dtype=np.uint8),
         })
@@ -70,8 +79,9 @@ class FullyObservedGrid(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self.goal_position = None
 
     def _observation(self) -> dict:
-        x, y = self.env.unwrapped.agent_pos
-        state = np.array([x, y, self.env.unwrapped.agent_dir], dtype=np.int64)
+        minigrid_env = self.env.unwrapped
+        x, y = minigrid_env.agent_pos
+        state = np.array([x, y, minigrid_env.agent_dir, front_code(minigrid_env.grid.get(*minigrid_env.front_pos))], dtype=np.int64)
         # A copy, so a caller that edits one step's map cannot change the next step's.
         return {"state": state, "goal": np.array(self.goal_position, dtype=np.int64), "map": self.map.copy()}
 
