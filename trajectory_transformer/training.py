@@ -236,7 +236,8 @@ class RunIdentity:
 def model_config(discretizer: Discretizer, sequence: SequenceSpec, spec: ArchitectureSpec, goal_dims: list[int],
                  path_maps: np.ndarray | None = None) -> ModelConfig:
     if not all(0 <= d < discretizer.observation_dim for d in goal_dims):
-        raise PipelineError(f"params goal_dims {goal_dims} must be observation dims in [0, {discretizer.observation_dim})")
+        raise PipelineError(f"params datasets.<name>.observation.goal_dims {goal_dims} must be observation dims "
+                            f"in [0, {discretizer.observation_dim})")
     if spec.n_embd % spec.n_head or (spec.position_embedding == "rotary" and (spec.n_embd // spec.n_head) % 2):
         raise PipelineError("params train.model.n_embd must be a multiple of n_head (and of 2 n_head for rotary)")
     return ModelConfig(
