@@ -42,7 +42,8 @@ def test_suite_switch_and_incremental_reruns(project):
         assert len(episode["path"]) == episode["length"] + 1 and len(episode["goal"]) == 2
         config = json.loads((project.path / f"models/{dataset}/quantile/seed-0/config.json").read_text())
         assert config["model_config"]["goal_dims"] == [0, 1]
-    assert np.array(episode["map"]).shape == (25, 25)  # minigrid's map travels with its episodes
+    minigrid = json.loads((project.path / "reports/evaluate/minigrid-multiroom/quantile/seed-0/episodes.json").read_text())
+    assert np.array(minigrid["episodes"][0]["map"]).shape == (25, 25)  # its map travels with each episode
     assert json.loads((project.path / "models/minigrid-multiroom/quantile/seed-0/config.json").read_text())["model_config"]["map_shape"] == [25, 25]
     assert not (project.path / "reports/evaluate/pointmaze-fourrooms/bc").exists()  # BC sees no goal: not run
     assert "average" in json.loads((project.path / "reports/metrics.json").read_text())
