@@ -10,9 +10,8 @@ in the four-rooms map of the paper's Figure 6 (`GoalReachingTask`): start and go
 from a fixed set of held-out pairs that the training data never use.
 """
 
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 
 import gymnasium as gym
 import gymnasium_robotics
@@ -220,8 +219,8 @@ class GoalReachingTask(gym.Wrapper):
     of held-out pair s mod `HELD_OUT_PAIRS` and must reach its goal cell (the env adds its small
     uniform noise to both); reaching it ends the episode with reward 1 and `info["success"]`."""
 
-    def __init__(self, maze: str, max_episode_steps: int | None = None):
-        super().__init__(make_env(maze, reset_target=False, max_episode_steps=max_episode_steps, continuing=False))
+    def __init__(self, maze: str):
+        super().__init__(make_env(maze, reset_target=False, continuing=False))
         self.maze = maze
         self.pairs = start_goal_pairs(maze)[1]
 
