@@ -61,7 +61,7 @@ def logits_along(model, window: int, tokens: torch.Tensor, crop: bool) -> torch.
     if crop:
         decoder = CroppedDecoder(model, window, tokens[:, :N])
     else:
-        decoder = CachedDecoder(model, window, tokens[:, :N], None)
+        decoder = CachedDecoder(model, window, tokens[:, :N])
         decoder.expand(1)
     out = []
     for position in range(N, tokens.shape[1]):

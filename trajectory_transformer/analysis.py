@@ -103,7 +103,7 @@ class CroppedDecoder:
 
     def _rebuild(self) -> None:
         self.tokens = self.tokens[:, window_start(self.tokens.shape[1] - 1, self.window, self.model.config.transition_dim):]
-        self.inner = CachedDecoder(self.model, self.window, self.tokens, None)
+        self.inner = CachedDecoder(self.model, self.window, self.tokens)
         self.inner.expand(1)
 
     def logits(self) -> torch.Tensor:
@@ -142,7 +142,7 @@ def transformer_marginals(model: TrajectoryTransformer, first_observations: torc
     elif crop:
         decoder = CroppedDecoder(model, config.window, rows)
     else:
-        decoder = CachedDecoder(model, config.window, rows, None)
+        decoder = CachedDecoder(model, config.window, rows)
         decoder.expand(1)
     marginals = torch.zeros(S, horizon, N, V, device=rows.device)
     first_future = torch.zeros(S, horizon, N, dtype=torch.long, device=rows.device)

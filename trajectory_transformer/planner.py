@@ -34,7 +34,11 @@ slides and nothing is re-encoded. Two decoders implement the same policy:
   training window whatever the position scheme);
 - `CachedDecoder` (rotary only): keys and values kept per layer at three levels, so nothing is
   copied per beam: the shared context (one per environment), the kept beams, and the fresh tokens
-  of the current candidates (beam x expansion); beams are re-indexed only when kept.
+  of the current candidates (beam x expansion); beams are re-indexed only when kept. Value tokens
+  are never attended, so their keys are never kept.
+
+The value token's own forward pass only predicts the next observation, so it runs after selection,
+for the kept beams alone (before it only for the V critic, which reads that observation).
 """
 
 from dataclasses import dataclass
@@ -129,126 +133,172 @@ class FullDecoder:
 class CachedDecoder:
     """Incremental decoding with keys and values at three levels (see the module docstring).
 
-    Each level holds a contiguous span of positions, kept as Python ints, so that bookkeeping
-    never waits for the device."""
+    Value tokens are never attended, so their keys are not kept. The beams' keys are rebuilt
+    contiguous at each selection, with zeroed room for one more transition: the observation
+    decoded next (one candidate per beam) writes its keys there, and a one-token step attends
+    over the whole buffer with the unused slots masked: a batched matmul over a strided slice of
+    a larger buffer measured twice as slow as over the contiguous buffer, and this product is the
+    search's largest memory read. Expanded candidates (X > 1) keep their own keys in a small
+    fresh buffer. Positions are Python ints, so bookkeeping never waits for the device."""
 
-    def __init__(self, model: TrajectoryTransformer, context: int, prefix: torch.Tensor, goal: torch.Tensor | None):
+    def __init__(self, model: TrajectoryTransformer, context: int, prefix: torch.Tensor):
+        if model.config.goal_length or model.config.map_shape:
+            raise PipelineError("goal- and map-conditioned planning runs uncached: set plan.cached false")
         self.model, self.context = model, context
         config = model.config
+        self.transition_dim, self.n_head = config.transition_dim, config.n_head
         self.head_dim = config.n_embd // config.n_head
-        E, P = prefix.shape
         self.device = prefix.device
-        empty = lambda *shape: torch.empty(*shape, config.n_head, 0, self.head_dim, device=self.device)  # noqa: E731
-        self.shared = [(empty(E), empty(E)) for _ in model.blocks]
-        self.beams = [(empty(E, 1), empty(E, 1)) for _ in model.blocks]
-        # fresh tokens since the last selection: at most an observation, then an action, reward, value
-        self.capacity = config.transition_dim
-        self.fresh = [(empty(E, 1, 1), empty(E, 1, 1)) for _ in model.blocks]
-        self.shared_span, self.beam_span, self.fresh_span = (0, 0), (P, P), (P, P)
-        logits = self._run(prefix[:, None, None, :], 0, store_shared=True)
-        self.shared_span = (0, P)
-        self._logits = logits[..., -1, :]
+        E, P = prefix.shape
+        self.shared, self._logits = self._encode_prefix(prefix)
+        self.prefix_length = self.position = P
+        # keys appended between two selections: one transition's but its value
+        self.room = self.transition_dim - 1
+        self.beams = [tuple(torch.zeros(E, 1, self.n_head, self.room, self.head_dim, device=self.device) for _ in "kv")
+                      for _ in model.blocks]
+        self.beam_first, self.beam_keys = P, 0
+        self.fresh: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # (E, R, X, H, room, d) once expanded
+        self.fresh_keys = 0
+        self.rotations = torch.empty(0, device=self.device)
 
-    @property
-    def fresh_length(self) -> int:
-        return self.fresh_span[1] - self.fresh_span[0]
+    def _slot(self, position: int) -> int:
+        """Kept keys before `position`: every position but the value tokens."""
+        return position - position // self.transition_dim
+
+    def _window(self, position: int) -> int:
+        return window_start(position, self.context, self.transition_dim)
+
+    def _rotation(self, position: int) -> torch.Tensor:
+        """RoPE's complex rotations at one position, (2, 1, head_dim / 2): the query's scaled by
+        1 / sqrt(head_dim), the key's as they are; from a table grown by doubling."""
+        if position >= len(self.rotations):
+            rotations = rotary_tables(torch.arange(2 * position + 1, device=self.device), self.head_dim)
+            self.rotations = torch.stack([rotations * self.head_dim ** -0.5, rotations], dim=1)[:, :, None, :]
+        return self.rotations[position]
 
     def logits(self) -> torch.Tensor:
         return self._logits
 
-    def _first_visible(self, position: int) -> int:
-        return window_start(position, self.context, self.model.config.transition_dim)
+    @torch.no_grad()
+    def _encode_prefix(self, prefix: torch.Tensor) -> tuple[list, torch.Tensor]:
+        """One masked forward pass over the context; keeps its keys and values (shared by every
+        beam) and returns them with the logits of its last token, (E, 1, 1, V + 1)."""
+        model = self.model
+        E, P = prefix.shape
+        positions = torch.arange(P, device=self.device)
+        rotations = rotary_tables(positions, self.head_dim)
+        mask = model.visible(positions, positions, self.context)
+        kept = ~model.is_value(positions)
+        x = model.embed_tokens(prefix)
+        shared = []
+        for block in model.blocks:
+            q, k, v = block.attn.split_heads(block.ln_1(x))
+            q, k = apply_rotary(q, rotations), apply_rotary(k, rotations)
+            shared.append((k[:, :, kept].contiguous(), v[:, :, kept].contiguous()))
+            x = x + block.attn.attend(q, k, v, mask)
+            x = x + block.mlp(block.ln_2(x))
+        logits = model.logits_at(model.ln_f(x[:, -1:]), P - 1)
+        return shared, logits.view(E, 1, 1, -1)
+
+    def _attend(self, layer: int, q: torch.Tensor, window: int) -> torch.Tensor:
+        """Attention of one query per candidate, q (E, R, X, H, d) already scaled, over the three
+        levels; returns (E, R, X, H, d)."""
+        E, R, X, H, d = q.shape
+        first_shared = self._slot(window)
+        shared = None
+        if first_shared < self.shared[layer][0].shape[-2]:
+            shared = tuple(t[..., first_shared:, :] for t in self.shared[layer])
+        beam_k, beam_v = self.beams[layer]
+        first_beam = self._slot(max(window, self.beam_first)) - self._slot(self.beam_first)
+        fresh = tuple(t[..., : self.fresh_keys, :] for t in self.fresh[layer]) if self.fresh_keys else None
+        scores = []
+        if shared is not None:  # one matmul per environment and head: (R X) queries against the context
+            per_env = q.reshape(E, R * X, H, d).transpose(1, 2) @ shared[0].transpose(-1, -2)
+            scores.append(per_env.view(E, H, R, X, -1).permute(0, 2, 3, 1, 4))
+        # per beam and head: its X candidates' queries against the whole buffer, unused slots masked
+        per_beam = q.transpose(2, 3) @ beam_k.transpose(-1, -2)
+        if first_beam:
+            per_beam[..., :first_beam] = float("-inf")
+        per_beam[..., self.beam_keys :] = float("-inf")
+        scores.append(per_beam.transpose(2, 3))
+        if fresh is not None:  # per candidate: a few keys, elementwise
+            scores.append((q.unsqueeze(-2) * fresh[0]).sum(-1))
+        weights = (torch.cat(scores, dim=-1) if len(scores) > 1 else scores[0]).softmax(dim=-1)
+        parts = iter(weights.split([s.shape[-1] for s in scores], dim=-1))
+        y = 0
+        if shared is not None:
+            w = next(parts).permute(0, 3, 1, 2, 4).reshape(E, H, R * X, -1)
+            y = y + (w @ shared[1]).view(E, H, R, X, d).permute(0, 2, 3, 1, 4)
+        y = y + (next(parts).transpose(2, 3) @ beam_v).transpose(2, 3)
+        if fresh is not None:
+            y = y + (next(parts).unsqueeze(-1) * fresh[1]).sum(-2)
+        return y
 
     @torch.no_grad()
-    def _run(self, tokens: torch.Tensor, first: int, store_shared: bool = False) -> torch.Tensor:
-        """Run (E, R, X, T) new tokens at positions first.. against everything cached, storing
-        their keys and values (as the shared context, or in the fresh buffers); returns their
-        logits (E, R, X, T, V + 1)."""
-        model = self.model
-        E, R, X, T = tokens.shape
-        positions = torch.arange(first, first + T, device=self.device)
-        x = model.embed_tokens(tokens.reshape(-1, T), first).view(E, R, X, T, -1)
-        rotations = rotary_tables(positions, self.head_dim)
-        fresh_start, fresh_end = self.fresh_span[0], self.fresh_span[1] + (0 if store_shared else T)
-        shared_span = (first, first + T) if store_shared else self.shared_span
-        # keys left of the first query's window are invisible to every query: skip them
-        visible = self._first_visible(first)
-        levels = []  # (name, first index kept within the level's buffer, span of positions kept)
-        for name, (start, end) in (("shared", shared_span), ("beam", self.beam_span), ("fresh", (fresh_start, fresh_end))):
-            kept = max(start, visible)
-            if end > kept:
-                levels.append((name, kept - start, (kept, end)))
-        key_positions = torch.cat([torch.arange(*span, device=self.device) for _, _, span in levels])
-        mask = model.visible(positions, key_positions, self.context)
-        patterns = {"shared": "ehsd", "beam": "erhsd", "fresh": "erxhsd"}
-        scale = self.head_dim ** -0.5
+    def append(self, tokens: torch.Tensor) -> None:
+        """Run one token (E, R, X) per candidate at the next position against everything cached."""
+        model, position = self.model, self.position
+        E, R, X = tokens.shape
+        H, d = self.n_head, self.head_dim
+        keep = position % self.transition_dim != self.transition_dim - 1
+        # the token's own key joins its level before it attends
+        slot = self.beam_keys if self.fresh is None else self.fresh_keys
+        if keep and self.fresh is None:
+            self.beam_keys += 1
+        elif keep:
+            self.fresh_keys += 1
+        window = self._window(position)
+        rotation = self._rotation(position)
+        x = model.embed_tokens(tokens.reshape(-1, 1), position).view(E, R, X, -1)
         for layer, block in enumerate(model.blocks):
-            q, k, v = block.attn.split_heads(block.ln_1(x).view(-1, T, x.shape[-1]))
-            q, k = apply_rotary(q, rotations), apply_rotary(k, rotations)
-            shape = (E, R, X, q.shape[1], T, self.head_dim)
-            q, k, v = q.reshape(shape), k.reshape(shape), v.reshape(shape)
-            if store_shared:
-                self.shared[layer] = (k[:, 0, 0], v[:, 0, 0])
-            else:
-                self.fresh[layer][0][:, :, :, :, self.fresh_length : self.fresh_length + T] = k
-                self.fresh[layer][1][:, :, :, :, self.fresh_length : self.fresh_length + T] = v
-            keys = {"shared": self.shared[layer], "beam": self.beams[layer], "fresh": self.fresh[layer]}
-            stores = []
-            for name, offset, (start, end) in levels:
-                level_k, level_v = keys[name]
-                stores.append((name, level_k[..., offset : offset + end - start, :], level_v[..., offset : offset + end - start, :]))
-            scores = torch.cat([torch.einsum(f"erxhtd,{patterns[name]}->erxhts", q, level_k) for name, level_k, _ in stores], dim=-1)
-            weights = (scores * scale).masked_fill(~mask, float("-inf")).softmax(dim=-1)
-            parts = weights.split([level_k.shape[-2] for _, level_k, _ in stores], dim=-1)
-            y = sum(torch.einsum(f"erxhts,{patterns[name]}->erxhtd", w, level_v) for w, (name, _, level_v) in zip(parts, stores))
-            y = y.permute(0, 1, 2, 4, 3, 5).reshape(E, R, X, T, -1)
-            x = x + block.attn.proj(y)
+            qkv = block.attn.qkv(block.ln_1(x)).view(E, R, X, 3, H, d)
+            # RoPE as the model computes it, on a view of the queries and keys (no copy); the query scaled
+            pairs = torch.view_as_complex(qkv[..., :2, :, :].unflatten(-1, (-1, 2)))
+            qk = torch.view_as_real(pairs * rotation).flatten(-2)
+            if keep and self.fresh is None:  # one candidate per beam: the beam's own room
+                k, v = self.beams[layer]
+                k[..., slot, :], v[..., slot, :] = qk[:, :, 0, 1], qkv[:, :, 0, 2]
+            elif keep:
+                k, v = self.fresh[layer]
+                k[..., slot, :], v[..., slot, :] = qk[..., 1, :, :], qkv[..., 2, :, :]
+            y = self._attend(layer, qk[..., 0, :, :], window)
+            x = x + block.attn.proj(y.reshape(E, R, X, -1))
             x = x + block.mlp(block.ln_2(x))
-        hidden = model.ln_f(x).view(-1, T, x.shape[-1])
-        return model.logits_at(hidden, first).view(E, R, X, T, -1)
+        self.position += 1
+        hidden = model.ln_f(x).view(-1, 1, x.shape[-1])
+        self._logits = model.logits_at(hidden, position).view(E, R, X, -1)
 
     def expand(self, n: int) -> None:
-        """n candidates per beam from here on: fresh keys move to preallocated (E, R, n, ...)
-        buffers; what was fresh so far (the decoded observation) is the same for all n."""
+        """n candidates per beam from here on; with n > 1 their keys go to a fresh buffer."""
         E, R = self._logits.shape[:2]
-        config = self.model.config
-        fresh = []
-        for old_k, old_v in self.fresh:
-            k, v = (torch.empty(E, R, n, config.n_head, self.capacity, self.head_dim, device=self.device) for _ in "kv")
-            k[..., : self.fresh_length, :] = old_k[..., : self.fresh_length, :]
-            v[..., : self.fresh_length, :] = old_v[..., : self.fresh_length, :]
-            fresh.append((k, v))
-        self.fresh = fresh
+        if n > 1:
+            self.fresh = [tuple(torch.empty(E, R, n, self.n_head, self.room, self.head_dim, device=self.device) for _ in "kv")
+                          for _ in self.model.blocks]
         self._logits = self._logits.expand(-1, -1, n, -1)
-
-    def append(self, tokens: torch.Tensor) -> None:
-        logits = self._run(tokens[..., None], self.fresh_span[1])
-        self.fresh_span = (self.fresh_span[0], self.fresh_span[1] + 1)
-        self._logits = logits[..., -1, :]
 
     def select(self, beam: torch.Tensor, expansion: torch.Tensor) -> None:
         """Keep candidates (beam, expansion) as the new beams: their parent's keys followed by
-        their fresh ones; keys no future query can see (left of the window) are dropped."""
+        their fresh ones, then zeroed room; keys no future query can see (left of the window)
+        are dropped."""
         E, R = beam.shape
-        visible = self._first_visible(self.fresh_span[1])
-        beam_from = min(max(visible - self.beam_span[0], 0), self.beam_span[1] - self.beam_span[0])
-        fresh_from = min(max(visible - self.fresh_span[0], 0), self.fresh_length)
+        first = max(self.beam_first, self._window(self.position))
+        low = self._slot(first) - self._slot(self.beam_first)
         env = torch.arange(E, device=self.device)[:, None]
+        parents = (env * self.beams[0][0].shape[1] + beam).flatten()  # rows of the flattened (E x beams) cache
+        chosen = parents * self._logits.shape[2] + expansion.flatten()  # and of (E x beams x candidates)
         beams = []
-        for (bk, bv), (fk, fv) in zip(self.beams, self.fresh):
-            parents = (env * bk.shape[1] + beam).reshape(-1)  # rows of the flattened (E * beams) cache
-            chosen = ((env * fk.shape[1] + beam) * fk.shape[2] + expansion).reshape(-1)
+        for layer, level in enumerate(self.beams):
             kept = []
-            for cache, rows, start, end in ((bk, parents, beam_from, bk.shape[-2]), (bv, parents, beam_from, bv.shape[-2]),
-                                            (fk, chosen, fresh_from, self.fresh_length), (fv, chosen, fresh_from, self.fresh_length)):
-                flat = cache[..., start:end, :].reshape(cache.shape[:-3].numel(), cache.shape[-3], end - start, cache.shape[-1])
-                kept.append(flat.index_select(0, rows).view(E, R, *flat.shape[1:]))
-            beams.append((torch.cat([kept[0], kept[2]], dim=-2), torch.cat([kept[1], kept[3]], dim=-2)))
-        self.beams = beams
-        self.beam_span = (max(self.beam_span[0], visible), self.fresh_span[1])  # the fresh span starts where the beams end
-        self.fresh = [(k.new_empty(E, R, 1, k.shape[2], self.capacity, k.shape[-1]),
-                       v.new_empty(E, R, 1, v.shape[2], self.capacity, v.shape[-1])) for k, v in self.beams]
-        self.fresh_span = (self.fresh_span[1], self.fresh_span[1])
+            for part, old in enumerate(level):
+                pieces = [old[..., low : self.beam_keys, :].flatten(0, 1).index_select(0, parents)]
+                if self.fresh is not None:
+                    pieces.append(self.fresh[layer][part][..., : self.fresh_keys, :].flatten(0, 2).index_select(0, chosen))
+                pieces.append(old.new_zeros(E * R, self.n_head, self.room, self.head_dim))
+                kept.append(torch.cat(pieces, dim=-2).unflatten(0, (E, R)))
+            beams.append(tuple(kept))
+        self.beams, self.beam_first = beams, first
+        self.beam_keys = self.beam_keys - low + self.fresh_keys
+        self.fresh, self.fresh_keys = None, 0
         self._logits = self._logits[env, beam, expansion][:, :, None, :]
 
 
@@ -318,7 +368,7 @@ def plan(
     E = prefix.shape[0]
     if (goal is None) != (config.goal_length == 0) or (maps is None) != (not config.map_shape):
         raise PipelineError("the model's goal prefix and map context must be given exactly when it was trained with them")
-    decoder = CachedDecoder(model, spec.context, prefix, goal) if spec.cached else FullDecoder(model, spec.context, prefix, goal, maps=maps)
+    decoder = CachedDecoder(model, spec.context, prefix) if spec.cached else FullDecoder(model, spec.context, prefix, goal, maps=maps)
     table = torch.as_tensor(discretizer.table, dtype=torch.float32, device=device)  # (D, V)
     reward_dim, value_dim = N + M, N + M + 1
     discounts = spec.discount ** torch.arange(spec.horizon + 1, device=device, dtype=torch.float32)
@@ -334,12 +384,13 @@ def plan(
     observation = prefix[:, None, -N:]  # (E, R, N) tokens of the current planned state
     hashes = torch.zeros(E, 1, dtype=torch.long, device=device)
 
-    def step(tokens: torch.Tensor, logits: torch.Tensor):
+    def step(tokens: torch.Tensor, logits: torch.Tensor, append: bool = True):
         nonlocal generated, token_log_probs
         log_probs = logits.log_softmax(dim=-1).gather(-1, tokens[..., None])[..., 0]
         generated = torch.cat([generated.expand(*tokens.shape, -1), tokens[..., None]], dim=-1)
         token_log_probs = torch.cat([token_log_probs.expand(*tokens.shape, -1), log_probs[..., None]], dim=-1)
-        decoder.append(tokens)
+        if append:
+            decoder.append(tokens)
         return log_probs
 
     def decode_observation(likelihood: torch.Tensor) -> torch.Tensor:
@@ -369,7 +420,10 @@ def plan(
         step_likelihood += step(reward_logits.argmax(dim=-1), reward_logits)
         value_logits = decoder.logits()[..., :V]
         value = value_logits.softmax(dim=-1) @ table[value_dim]
-        step_likelihood += step(value_logits.argmax(dim=-1), value_logits)
+        # the value token's own forward pass predicts the next observation: needed before
+        # selection only by the V critic, otherwise run after it, for the kept beams alone
+        value_tokens = value_logits.argmax(dim=-1)
+        step_likelihood += step(value_tokens, value_logits, append=critic_v)
         actions = torch.stack(action_tokens, dim=-1)  # (E, R, X, M)
 
         candidate_returns = returns[..., None] + discounts[t] * reward
@@ -407,6 +461,7 @@ def plan(
         if critic_v:
             observation = next_observation[env, beam, expansion]
         elif t < spec.horizon - 1:
+            decoder.append(value_tokens[env, beam, expansion][:, :, None])
             observation = decode_observation(log_likelihood[..., None])[:, :, 0]
 
     best = scores.argmax(dim=-1)
