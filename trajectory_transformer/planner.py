@@ -225,14 +225,14 @@ class CachedDecoder:
             scores.append((q.unsqueeze(-2) * fresh[0]).sum(-1))
         weights = (torch.cat(scores, dim=-1) if len(scores) > 1 else scores[0]).softmax(dim=-1)
         parts = iter(weights.split([s.shape[-1] for s in scores], dim=-1))
-        y = 0
+        outputs = []
         if shared is not None:
             w = next(parts).permute(0, 3, 1, 2, 4).reshape(E, H, R * X, -1)
-            y = y + (w @ shared[1]).view(E, H, R, X, d).permute(0, 2, 3, 1, 4)
-        y = y + (next(parts).transpose(2, 3) @ beam_v).transpose(2, 3)
+            outputs.append((w @ shared[1]).view(E, H, R, X, d).permute(0, 2, 3, 1, 4))
+        outputs.append((next(parts).transpose(2, 3) @ beam_v).transpose(2, 3))
         if fresh is not None:
-            y = y + (next(parts).unsqueeze(-1) * fresh[1]).sum(-2)
-        return y
+            outputs.append((next(parts).unsqueeze(-1) * fresh[1]).sum(-2))
+        return sum(outputs[1:], outputs[0])
 
     @torch.no_grad()
     def append(self, tokens: torch.Tensor) -> None:
@@ -289,10 +289,10 @@ class CachedDecoder:
         beams = []
         for layer, level in enumerate(self.beams):
             kept = []
-            for part, old in enumerate(level):
+            for old, fresh in zip(level, self.fresh[layer] if self.fresh else (None, None)):
                 pieces = [old[..., low : self.beam_keys, :].flatten(0, 1).index_select(0, parents)]
-                if self.fresh is not None:
-                    pieces.append(self.fresh[layer][part][..., : self.fresh_keys, :].flatten(0, 2).index_select(0, chosen))
+                if fresh is not None:
+                    pieces.append(fresh[..., : self.fresh_keys, :].flatten(0, 2).index_select(0, chosen))
                 pieces.append(old.new_zeros(E * R, self.n_head, self.room, self.head_dim))
                 kept.append(torch.cat(pieces, dim=-2).unflatten(0, (E, R)))
             beams.append(tuple(kept))
