@@ -105,7 +105,7 @@ class FullDecoder:
         self.crop = crop or model.config.position_embedding == "learned" or model.config.goal_length > 0
         self.tokens = prefix[:, None, None, :]  # (E, R, X, L)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def logits(self) -> torch.Tensor:
         """(E, R, X, V + 1) distribution of the next token of every candidate."""
         E, R, X, L = self.tokens.shape
@@ -179,7 +179,7 @@ class CachedDecoder:
     def logits(self) -> torch.Tensor:
         return self._logits
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _encode_prefix(self, prefix: torch.Tensor) -> tuple[list, torch.Tensor]:
         """One masked forward pass over the context; keeps its keys and values (shared by every
         beam) and returns them with the logits of its last token, (E, 1, 1, V + 1)."""
@@ -234,7 +234,7 @@ class CachedDecoder:
             outputs.append((next(parts).unsqueeze(-1) * fresh[1]).sum(-2))
         return sum(outputs[1:], outputs[0])
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def append(self, tokens: torch.Tensor) -> None:
         """Run one token (E, R, X) per candidate at the next position against everything cached."""
         model, position = self.model, self.position
@@ -348,7 +348,9 @@ class Critic(Protocol):
     def v(self, observations: torch.Tensor) -> torch.Tensor: ...
 
 
-@torch.no_grad()
+# inference mode rather than no_grad (here and in the decoders): no version counters or view
+# tracking on the tens of thousands of small operations of a search, 6 % faster per call
+@torch.inference_mode()
 def plan(
     model: TrajectoryTransformer,
     discretizer: Discretizer,
