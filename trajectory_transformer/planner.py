@@ -151,7 +151,7 @@ class CachedDecoder:
         self.device = prefix.device
         E, P = prefix.shape
         self.shared, self._logits = self._encode_prefix(prefix)
-        self.prefix_length = self.position = P
+        self.position = P
         # keys appended between two selections: one transition's but its value
         self.room = self.transition_dim - 1
         self.beams = [tuple(torch.zeros(E, 1, self.n_head, self.room, self.head_dim, device=self.device) for _ in "kv")
