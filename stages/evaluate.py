@@ -2,7 +2,8 @@
 
 - TT: `--model` and `--discretizer` (the planner of params `plan`, with the dataset's own
   overrides `datasets.<name>.plan`);
-- imitation: the same with `--imitation` (likelihood beam search: no reward, no value);
+- imitation: the same with `--imitation`, planned as `imitation.mode` says (`beam`: the paper's
+  token-by-token likelihood beam search; `likelihood`: ours, sampled actions ranked by likelihood);
 - TT+Q: the same plus `--critic` (an IQL agent from the `critic` stage scores the plans);
 - BC or IQL: `--policy` (an agent from the `bc` or `critic` stage acts alone).
 """
@@ -21,7 +22,7 @@ from trajectory_transformer.critic import load_agent
 from trajectory_transformer.datasets import DatasetSpec
 from trajectory_transformer.discretization import Discretizer
 from trajectory_transformer.errors import PipelineError
-from trajectory_transformer.evaluation import EvaluateSpec, PlanningAgent, PolicyAgent, evaluate, summarize
+from trajectory_transformer.evaluation import EvaluateSpec, ImitationSpec, PlanningAgent, PolicyAgent, evaluate, summarize
 from trajectory_transformer.planner import PlannerSpec
 from trajectory_transformer.training import check_model_inputs, load_model
 from trajectory_transformer.weights import resolve_device
@@ -42,7 +43,7 @@ def check_trained_on(metadata: dict, dataset_sha256: str, data_dir: Path, folder
 @click.option("--discretizer", "discretizer_dir", type=click.Path(path_type=Path), help="its discretizer")
 @click.option("--critic", "critic_dir", type=click.Path(path_type=Path), help="an IQL agent whose critic scores plans (TT+Q)")
 @click.option("--policy", "policy_dir", type=click.Path(path_type=Path), help="a BC or IQL agent that acts alone")
-@click.option("--imitation", is_flag=True, help="plan by likelihood alone (imitation), whatever plan.mode says")
+@click.option("--imitation", is_flag=True, help="plan by likelihood alone (imitation.mode), whatever plan.mode says")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
 @click.option("--timing", type=click.Path(path_type=Path), required=True, help="wall times, kept out of DVC outputs")
 @stage_command
@@ -66,7 +67,7 @@ def main(dataset: str, seed: int, data_dir: Path, model_dir: Path | None, discre
     else:
         planner = parse(PlannerSpec, {**section(params, "plan"), **dataset_spec.plan}, f"plan (with {where}.plan)")
         if imitation:
-            planner = dataclasses.replace(planner, mode="likelihood")
+            planner = dataclasses.replace(planner, mode=parse(ImitationSpec, section(params, "imitation"), "imitation").mode)
         model, metadata = load_model(model_dir, device)
         discretizer = Discretizer.load(discretizer_dir / "discretizer.json")
         check_model_inputs(metadata, model_dir, data_dir, dataset_sha256, discretizer_dir)

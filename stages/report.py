@@ -21,7 +21,7 @@ from trajectory_transformer.cli import stage_command  # noqa: E402
 from trajectory_transformer.config import load_params, parse, section  # noqa: E402
 from trajectory_transformer.datasets import DatasetSpec  # noqa: E402
 from trajectory_transformer.discretization import DiscretizeSpec  # noqa: E402
-from trajectory_transformer.evaluation import EvaluateSpec  # noqa: E402
+from trajectory_transformer.evaluation import EvaluateSpec, ImitationSpec  # noqa: E402
 from trajectory_transformer.reporting import (  # noqa: E402
     OTHER_PUBLISHED, PUBLISHED_AVERAGES, collect, interquartile_mean, method_folders, published_table, score_table,
 )
@@ -120,7 +120,8 @@ def main(evaluations: Path, training: Path, datasets_metrics: Path, data: Path, 
     train = parse(TrainSpec, section(params, "train"), "train")
     evaluate = parse(EvaluateSpec, section(params, "evaluate"), "evaluate")
     critic_datasets = set(section(params, "critic.datasets"))
-    imitation_datasets = [d for d in section(params, "imitation.datasets") if d in specs]
+    imitation = parse(ImitationSpec, section(params, "imitation"), "imitation")
+    imitation_datasets = [d for d in imitation.datasets if d in specs]
     folders = method_folders(kinds)
     results = collect(evaluations, list(specs), folders, train.seeds)
     goal_reaching = [d for d in specs if is_goal_reaching(specs[d])]
@@ -151,7 +152,9 @@ def main(evaluations: Path, training: Path, datasets_metrics: Path, data: Path, 
     if imitation_datasets:
         imitation_methods = [m for f, m in folders.items() if f.startswith("imitation-")] + [f"TT ({k})" for k in kinds] + ["BC"]
         lines += ["## Imitation on expert data (paper section 4.2): normalized return", "",
-                  "TT imitation plans by likelihood alone (no reward, no value); TT is the same model planning "
+                  f"TT imitation plans by likelihood alone (no reward, no value), searched "
+                  f"{'token by token as published (beam search over every bin)' if imitation.mode == 'beam' else 'over sampled actions (ours)'}; "
+                  "TT is the same model planning "
                   "for reward; the data row is the behaviour policy's own score.", "",
                   score_table(results, imitation_datasets, imitation_methods, maze=False)]
         lines += [f"- {d}: data (behaviour policy) {json.loads((datasets_metrics / f'{d}.json').read_text())['normalized_score']:.1f}"
@@ -187,7 +190,8 @@ def main(evaluations: Path, training: Path, datasets_metrics: Path, data: Path, 
         reference = json.loads(summary_file.read_text()) if summary_file.exists() else {}
         env = environment(data / name) if (data / name / "data" / "metadata.json").exists() else "?"
         lines.append(f"- {name}: {source(spec)}; environment `{env}`; normalization: random "
-                     f"{reference.get('reference_random_return', float('nan')):.4g}, expert {reference.get('reference_expert_return', float('nan')):.4g}")
+                     f"{reference.get('reference_random_return', float('nan')):.4g}, expert {reference.get('reference_expert_return', float('nan')):.4g} "
+                     f"({reference.get('reference_source', '?')})")
     lines += ["", "Footnotes: generated datasets are not the paper's; the locomotion datasets of the paper suite "
               "are Minari v0 (Gymnasium v5 environments), not D4RL v2, and are normalized with D4RL's constants.", ""]
 

@@ -21,7 +21,7 @@ from trajectory_transformer.training import AblationSpec
 def test_bin_log_density_equals_a_hand_computation():
     # two dims; dim 0 bins [0,1) [1,2) [2,4) [4,8], dim 1 bins [0,1) [1,2) [2,3) [3,10]
     edges = np.array([[0.0, 1.0, 2.0, 4.0, 8.0], [0.0, 1.0, 2.0, 3.0, 10.0]])
-    bins = Discretizer("uniform", "midpoint", edges, np.zeros((2, 4)), observation_dim=2, action_dim=0)
+    bins = Discretizer("uniform", "midpoint", edges, np.zeros((2, 4)), observation_dim=2, action_dim=0, categorical=np.zeros(2, bool))
     marginals = np.array([[0.1, 0.2, 0.3, 0.4], [0.5, 0.25, 0.125, 0.125]])
     value, outside = bin_log_density(marginals, np.array([3.0, 0.5]), bins)
     assert value == pytest.approx(math.log(0.3 / 2.0) + math.log(0.5 / 1.0))

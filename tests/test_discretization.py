@@ -42,16 +42,38 @@ def test_bin_mean_reconstruction_stays_inside_the_bin(continuous):
     assert np.all((values >= low - 1e-9) & (values <= high + 1e-9))
 
 
-def test_sparse_rewards_decode_to_zero_and_one_by_default():
+def sparse_column_data(rewards):
     rng = np.random.default_rng(1)
-    rewards = (rng.uniform(size=5000) < 0.03).astype(float)
-    data = np.stack([rng.normal(size=5000), rng.normal(size=5000), rewards, rng.normal(size=5000)], axis=1)
-    default = fit(data, n_bins=100)
-    zero_one = default.tokenize(np.array([[0, 0, 0, 0], [0, 0, 1, 0]], float))[:, 2]
-    assert zero_one[0] != zero_one[1]
-    assert default.table[2, zero_one].tolist() == [0.0, 1.0]
-    # the published midpoint decoding is the pitfall of REFERENCE.md 9: 0 decodes to 0.5
-    assert fit(data, n_bins=100, reconstruction="midpoint").table[2, zero_one[0]] == 0.5
+    n = len(rewards)
+    return np.stack([rng.normal(size=n), rng.normal(size=n), rewards, rng.normal(size=n)], axis=1)
+
+
+@pytest.mark.parametrize("kind", ["quantile", "uniform"])
+@pytest.mark.parametrize("reconstruction", ["bin-mean", "midpoint"])
+@pytest.mark.parametrize("column", ["ones at 0.5 %", "penalty at 0.2 %"])
+def test_sparse_bins_keep_every_distinct_value_apart(kind, reconstruction, column):
+    # AntMaze large after relabeling: a reward of 1 on fewer than 1/n_bins of the steps shared the
+    # last quantile bin with the zeros, and -100 penalties shared a uniform bin with them
+    rewards = np.zeros(20_000)
+    rewards[:100] = 1.0  # 0.5 %
+    if column == "penalty at 0.2 %":
+        rewards[100:140] = -100.0
+    discretizer = fit(sparse_column_data(rewards), kind=kind, n_bins=100, reconstruction=reconstruction)
+    values = np.unique(rewards)
+    probe = np.zeros((len(values), 4))
+    probe[:, 2] = values
+    tokens = discretizer.tokenize(probe)[:, 2]
+    assert len(set(tokens.tolist())) == len(values)
+    assert discretizer.table[2, tokens].tolist() == values.tolist()  # each decodes to itself
+    assert discretizer.categorical.tolist() == [False, False, True, False]
+
+
+def test_discrete_actions_get_a_bin_each_and_decode_exactly():
+    rng = np.random.default_rng(2)
+    actions = rng.integers(0, 4, size=5000).astype(float)  # MiniGrid's four actions
+    data = np.stack([rng.normal(size=5000), actions, rng.normal(size=5000), rng.normal(size=5000)], axis=1)
+    discretizer = Discretizer.fit(data, "quantile", DiscretizeSpec(n_bins=10, reconstruction="midpoint"), 1, 1)
+    assert np.array_equal(discretizer.reconstruct(discretizer.tokenize(data)[:, 1:2], slice(1, 2))[:, 0], actions)
 
 
 def test_out_of_range_values_go_to_the_first_and_last_bin(continuous):
@@ -73,6 +95,7 @@ def test_the_artifact_round_trips_and_rejects_corruption(continuous, tmp_path):
     loaded = Discretizer.load(tmp_path / "d.json")
     assert np.array_equal(loaded.edges, discretizer.edges)
     assert np.array_equal(loaded.table, discretizer.table)
+    assert np.array_equal(loaded.categorical, discretizer.categorical)
     (tmp_path / "d.json").write_text((tmp_path / "d.json").read_text()[:500])
     with pytest.raises(PipelineError, match="corrupt"):
         Discretizer.load(tmp_path / "d.json")

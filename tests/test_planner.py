@@ -8,7 +8,7 @@ from trajectory_transformer.datasets import Transitions
 from trajectory_transformer.discretization import DiscretizeSpec, Discretizer
 from trajectory_transformer.errors import PipelineError
 from trajectory_transformer.model import ModelConfig, TrajectoryTransformer
-from trajectory_transformer.planner import PlannerSpec, filter_logits, plan
+from trajectory_transformer.planner import PlannerSpec, drop_duplicates, filter_logits, plan
 from trajectory_transformer.trajectories import SequenceSpec, joined_paths
 from trajectory_transformer.training import ArchitectureSpec, OptimSpec, RunIdentity, RunSpec, TrainSpec, load_model, tokenize_paths, train
 
@@ -39,6 +39,40 @@ def test_cached_planning_equals_the_uncached_oracle(mode, n_expand):
     assert torch.allclose(cached.scores, full.scores, atol=1e-4)
     # the log-probabilities are those of the model on the chosen sequence, recomputed from scratch
     assert cached.token_log_probs.shape == (3, 5 * model.config.transition_dim - model.config.observation_dim)
+
+
+def test_imitation_search_is_the_published_token_beam_search():
+    # the paper's imitation: every beam times every bin token, the beam_width most likely kept.
+    # With one planned transition (two action tokens) and beam_width >= V, it is exhaustive:
+    # its answer is the most likely of all V^2 action pairs, scored by full forward passes
+    model, discretizer, prefix = random_setup()
+    V = model.config.n_bins
+    spec = PlannerSpec(mode="beam", horizon=1, beam_width=V, context=3, cached=False)
+    result = plan(model, discretizer, spec, prefix, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        first = model(prefix, band=3)[:, -1].log_softmax(-1)[:, :V]  # (E, V): bins only, normalized as the model is
+        pairs = torch.cat([prefix.repeat_interleave(V, 0), torch.arange(V).repeat(3)[:, None]], dim=1)
+        second = model(pairs, band=3)[:, -1].log_softmax(-1)[:, :V].view(3, V, V)
+    total = first[:, :, None] + second
+    best = total.flatten(1).argmax(-1)
+    assert torch.equal(result.actions[:, 0], torch.stack([best // V, best % V], dim=-1))
+    assert torch.allclose(result.scores, total.flatten(1).max(-1).values, atol=1e-5)
+    # deterministic, and the cache gives the same plans over a window that slides
+    longer = replace(spec, horizon=4, beam_width=5)
+    full = plan(model, discretizer, longer, prefix, torch.Generator().manual_seed(0))
+    cached = plan(model, discretizer, replace(longer, cached=True), prefix, torch.Generator().manual_seed(1))
+    assert torch.equal(full.actions, cached.actions) and torch.allclose(full.scores, cached.scores, atol=1e-4)
+
+
+def test_candidate_collision_different_beams_with_any_actions_are_kept():
+    # hopper has 3 action dims and 101 tokens: the former key parent_hash * 1_000_003 +
+    # sum(a_i 101^i) gave beam 1 with actions (0, 0, 0) and beam 0 with (2, 3, 98) the same
+    # key (1,000,003 both), and dropped a real candidate. Keys are now compared exactly.
+    assert 1 * 1_000_003 + 0 == 0 * 1_000_003 + 2 + 3 * 101 + 98 * 101**2
+    scores = torch.tensor([[1.0, 2.0, 3.0]])
+    parents = torch.tensor([[1, 0, 0]])
+    actions = torch.tensor([[[0, 0, 0], [2, 3, 98], [2, 3, 98]]])
+    assert drop_duplicates(scores, parents, actions).tolist() == [[1.0, 2.0, float("-inf")]]
 
 
 def test_planning_is_deterministic_for_a_seed_and_varies_with_it():

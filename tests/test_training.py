@@ -13,7 +13,7 @@ import torch
 from toy_training import SEQUENCE, run, toy_setup, toy_spec, toy_transitions
 from trajectory_transformer.datasets import Transitions
 from trajectory_transformer.errors import PipelineError
-from trajectory_transformer.training import RunIdentity, load_model, tokenize_paths, train
+from trajectory_transformer.training import OptimSpec, RunIdentity, learning_rate, load_model, tokenize_paths, train
 
 HERE = Path(__file__).parent
 
@@ -25,6 +25,23 @@ def history(out: Path, metric: str) -> list[float]:
 
 def script(out: Path, max_updates: int, checkpoint_every: int = 1000, dropout: float = 0.0) -> list[str]:
     return [str(HERE / "toy_training.py"), str(out), str(max_updates), str(checkpoint_every), str(dropout)]
+
+
+def test_schedule_published_cosine_is_never_clamped():
+    # the authors' Trainer: warm-up over one epoch, then lr = peak * max(0.1, 0.5 (1 + cos(pi p))),
+    # p = (update - warmup) / (20 epochs - warmup), unclamped: at the floor from p ~ 0.8, rising past 1.2
+    spec = OptimSpec(learning_rate=1.0, lr_schedule="published")
+    per_epoch, total = 10, 500  # 50 epochs
+    lr = [learning_rate(u, total, per_epoch, per_epoch, spec) for u in range(total)]
+    assert lr[9] == pytest.approx(1.0) and lr[10] == pytest.approx(1.0)
+    assert lr[10 + 95] == pytest.approx(0.5)  # p = 0.5
+    assert lr[10 + 171] == pytest.approx(0.1)  # p = 0.9: the floor
+    assert lr[10 + 190] == pytest.approx(0.1)  # p = 1
+    assert lr[10 + 285] == pytest.approx(0.5)  # p = 1.5: rising again
+    assert lr[10 + 380] == pytest.approx(1.0)  # p = 2: back at the peak
+    # ours: one decay over the whole run, ending at the floor
+    ours = [learning_rate(u, total, per_epoch, per_epoch, OptimSpec(learning_rate=1.0)) for u in range(total)]
+    assert ours[-1] == pytest.approx(0.1, abs=1e-4) and all(a >= b for a, b in zip(ours[10:], ours[11:]))
 
 
 def test_loss_falls_and_the_model_predicts_the_toy_trajectory(tmp_path):

@@ -427,21 +427,23 @@ def open_dataset(folder: Path) -> "minari.MinariDataset":
     return minari.MinariDataset(path)
 
 
-def reference_returns(dataset) -> tuple[float, float]:
-    """(random, expert) returns: the dataset's own, else D4RL's for its environment."""
-    metadata = dataset.storage.metadata
-    if metadata.get("ref_min_score") is not None and metadata.get("ref_max_score") is not None:
-        return float(metadata["ref_min_score"]), float(metadata["ref_max_score"])
+def reference_returns(dataset) -> tuple[float, float, str]:
+    """(random, expert, where they come from). D4RL's constants for its locomotion envs whatever
+    the dataset records (Table 1 is normalized with them; later Minari versions add scores of
+    their own), else the dataset's own."""
     env_spec = dataset.spec.env_spec
     env_name = env_spec.id.split("-")[0].lower() if env_spec else ""
     if env_name in D4RL_REFERENCE_RETURNS:
-        return D4RL_REFERENCE_RETURNS[env_name]
+        return (*D4RL_REFERENCE_RETURNS[env_name], f"D4RL {env_name}")
+    metadata = dataset.storage.metadata
+    if metadata.get("ref_min_score") is not None and metadata.get("ref_max_score") is not None:
+        return float(metadata["ref_min_score"]), float(metadata["ref_max_score"]), "dataset metadata"
     raise PipelineError(f"dataset {dataset.spec.dataset_id} has no reference returns and none are known for its env")
 
 
-def normalized_score(returns, reference: tuple[float, float]) -> np.ndarray:
+def normalized_score(returns, reference: tuple) -> np.ndarray:
     """100 (return - random) / (expert - random), as D4RL reports it."""
-    low, high = reference
+    low, high = reference[:2]
     return 100.0 * (np.asarray(returns, dtype=np.float64) - low) / (high - low)
 
 
@@ -508,4 +510,5 @@ def summary(folder: Path) -> dict:
             "normalized_score": float(normalized_score(np.mean(returns), reference)),
             "reference_random_return": reference[0],
             "reference_expert_return": reference[1],
+            "reference_source": reference[2],
         }

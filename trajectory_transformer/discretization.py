@@ -1,13 +1,19 @@
-"""Per-dimension discretizers (REFERENCE.md 2): uniform or quantile bins, V per dimension.
+"""Per-dimension discretizers (the published scheme): uniform or quantile bins, V per dimension.
 
 Tokenization: values below the first edge go to bin 0, at or above the last edge to bin V-1.
 Reconstruction (decoding a token to a number) is a param:
 - `midpoint`: the bin's midpoint, as published;
 - `bin-mean` (our default): the mean of the training values that fell into the bin (the
-  midpoint for an empty bin). On a sparse reward column the quantile edges collapse and one bin
-  spans [0, 1]: its midpoint decodes a reward of 0 as 0.5, so reaching the goal scores worse than
-  hovering near it (REFERENCE.md 9). The bin mean decodes 0 as 0 and 1 as 1.
+  midpoint for an empty bin).
 Expected rewards and values are sums of probability times the same reconstruction table.
+
+Categorical columns. A column with at most V distinct training values (a sparse reward, a
+discrete action, a grid coordinate) gets one bin per value, whatever the kind, and each of its
+bins decodes to its value under either reconstruction. Without this, a reward that is 1 on
+fewer than about 1/V of the steps shares the last quantile bin with the zeros: the planner
+cannot tell reaching the goal from not reaching it, and the published midpoint decodes both
+as 0.5. Edges of such a column sit at the values themselves (bin i = [u_i, u_i+1) holds u_i
+alone; the top value fills the last bin), so the value of a bin is its left edge.
 
 The artifact is a small JSON file: safe to load from an untrusted remote, readable by eye.
 """
@@ -23,7 +29,7 @@ import numpy as np
 
 from trajectory_transformer.errors import PipelineError
 
-FORMAT = "trajectory-transformer-discretizer/1"
+FORMAT = "trajectory-transformer-discretizer/2"
 
 
 @dataclass
@@ -43,6 +49,7 @@ class Discretizer:
     bin_means: np.ndarray  # (D, V) float64: mean training value per bin (midpoint if empty)
     observation_dim: int
     action_dim: int
+    categorical: np.ndarray  # (D,) bool: one bin per distinct value (see the module docstring)
     dataset_sha256: str = ""  # the data it was fitted on, so later stages can check they belong together
 
     @property
@@ -64,7 +71,9 @@ class Discretizer:
 
     @property
     def midpoints(self) -> np.ndarray:
-        return 0.5 * (self.edges[:, :-1] + self.edges[:, 1:])
+        """(D, V) bin midpoints; a categorical column's bins are its values (their left edges)."""
+        middle = 0.5 * (self.edges[:, :-1] + self.edges[:, 1:])
+        return np.where(self.categorical[:, None], self.edges[:, :-1], middle)
 
     @property
     def table(self) -> np.ndarray:
@@ -86,7 +95,14 @@ class Discretizer:
         else:
             low, high = data.min(axis=0), data.max(axis=0)
             edges = low[:, None] + (high - low)[:, None] * np.linspace(0.0, 1.0, spec.n_bins + 1)[None, :]
-        discretizer = cls(kind, spec.reconstruction, edges, np.zeros((edges.shape[0], spec.n_bins)), observation_dim, action_dim)
+        categorical = np.zeros(data.shape[1], dtype=bool)
+        for dim in range(data.shape[1]):
+            values = np.unique(data[:, dim])
+            if len(values) <= spec.n_bins:
+                categorical[dim] = True
+                edges[dim] = np.concatenate([values, np.full(spec.n_bins + 1 - len(values), values[-1])])
+        discretizer = cls(kind, spec.reconstruction, edges, np.zeros((edges.shape[0], spec.n_bins)), observation_dim,
+                          action_dim, categorical)
         tokens = discretizer.tokenize(data)
         counts = np.zeros((edges.shape[0], spec.n_bins))
         sums = np.zeros_like(counts)
@@ -125,7 +141,8 @@ class Discretizer:
     def observing(self, observation_dims: list[int]) -> "Discretizer":
         """The same bins for a partially observed dataset that keeps only `observation_dims`."""
         rows = list(observation_dims) + list(range(self.observation_dim, self.transition_dim))
-        return dataclasses.replace(self, edges=self.edges[rows], bin_means=self.bin_means[rows], observation_dim=len(observation_dims))
+        return dataclasses.replace(self, edges=self.edges[rows], bin_means=self.bin_means[rows],
+                                   categorical=self.categorical[rows], observation_dim=len(observation_dims))
 
     # ------------------------------------------------------------------ the artifact
     def to_dict(self) -> dict:
@@ -145,6 +162,7 @@ class Discretizer:
                 "reward": self.observation_dim + self.action_dim,
                 "value": self.observation_dim + self.action_dim + 1,
             },
+            "categorical": np.flatnonzero(self.categorical).tolist(),
             "edges": self.edges.tolist(),
             "bin_means": self.bin_means.tolist(),
         }
@@ -162,18 +180,22 @@ class Discretizer:
             content = json.loads(path.read_text())
             if content.get("format") != FORMAT:
                 raise ValueError(f"format {content.get('format')!r}")
+            edges = np.asarray(content["edges"], dtype=np.float64)
+            categorical = np.zeros(edges.shape[0], dtype=bool)
+            categorical[np.asarray(content["categorical"], dtype=np.int64)] = True
             discretizer = cls(
                 kind=content["kind"],
                 reconstruction=content["reconstruction"],
-                edges=np.asarray(content["edges"], dtype=np.float64),
+                edges=edges,
                 bin_means=np.asarray(content["bin_means"], dtype=np.float64),
                 observation_dim=int(content["observation_dim"]),
                 action_dim=int(content["action_dim"]),
+                categorical=categorical,
                 dataset_sha256=str(content.get("dataset_sha256", "")),
             )
         except FileNotFoundError:
             raise PipelineError(f"no discretizer at {path}: run `dvc repro` for its discretize stage") from None
-        except (ValueError, KeyError, TypeError) as error:
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
             raise PipelineError(f"discretizer {path} is corrupt ({error}); delete it and rerun `dvc repro`") from None
         if discretizer.edges.ndim != 2 or discretizer.bin_means.shape != (discretizer.transition_dim, discretizer.n_bins):
             raise PipelineError(f"discretizer {path} is corrupt (inconsistent shapes); delete it and rerun `dvc repro`")

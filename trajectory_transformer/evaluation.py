@@ -41,6 +41,15 @@ class EvaluateSpec:
     cpu_threads: int = 2
 
 
+@dataclass
+class ImitationSpec:
+    """The `imitation` section of params.yaml: which datasets are also planned by likelihood
+    alone, and with which search (`beam`: the paper's; `likelihood`: ours)."""
+
+    datasets: list[str] = field(default_factory=list)
+    mode: Literal["beam", "likelihood"] = "likelihood"
+
+
 def make_env(spec: DatasetSpec, data_dir: Path) -> gym.Env:
     """The evaluation environment of a dataset."""
     fetch = spec.fetch

@@ -20,9 +20,13 @@ Scores (`mode`), for a candidate whose last planned transition is t (s_t, a_t, r
   - `v`: sum_{i<=t} discount^i E[r_i] + discount^(t+1) V(s_{t+1}), with s_{t+1} decoded greedily
     for every candidate before selection (N more tokens per candidate rather than per kept beam).
   Both critics are IQL's (REFERENCE.md 6): Q = min(Q1, Q2), in the units of its shifted rewards.
-- `likelihood`: the log-probability of every generated token (imitation; with a goal-conditioned
-  model the goal sits at the start of the sequence: goal reaching, and a map-conditioned model
-  reads its map as context).
+- `likelihood`: the log-probability of every generated token (ours for imitation; with a
+  goal-conditioned model the goal sits at the start of the sequence: goal reaching, and a
+  map-conditioned model reads its map as context). Action tokens are still sampled under the
+  mass rule and whole transitions are ranked.
+- `beam`: the paper's imitation search (`token_beam_search`): deterministic, token by token;
+  every beam is extended by every bin token, and the `beam_width` sequences of highest total
+  log-probability are kept. No sampling, no reward, no value.
 
 Window policy. The published planner crops its input to the last `context` transitions before
 every forward pass. With rotary positions we apply that window to every query (sliding-window
@@ -55,7 +59,7 @@ from trajectory_transformer.model import TrajectoryTransformer, apply_rotary, ro
 class PlannerSpec:
     """The `plan` section of params.yaml (REFERENCE.md 4 defaults)."""
 
-    mode: Literal["reward", "likelihood"] = "reward"
+    mode: Literal["reward", "likelihood", "beam"] = "reward"
     horizon: int = 15
     beam_width: int = 128
     n_expand: int = 2
@@ -371,20 +375,21 @@ def plan(
     if (goal is None) != (config.goal_length == 0) or (maps is None) != (not config.map_shape):
         raise PipelineError("the model's goal prefix and map context must be given exactly when it was trained with them")
     decoder = CachedDecoder(model, spec.context, prefix) if spec.cached else FullDecoder(model, spec.context, prefix, goal, maps=maps)
+    if spec.mode == "beam":
+        return token_beam_search(decoder, config, spec)
     table = torch.as_tensor(discretizer.table, dtype=torch.float32, device=device)  # (D, V)
     reward_dim, value_dim = N + M, N + M + 1
     discounts = spec.discount ** torch.arange(spec.horizon + 1, device=device, dtype=torch.float32)
     critic_q = critic is not None and spec.critic_score == "q"
     critic_v = critic is not None and spec.critic_score == "v"
-    action_place_values = (V + 1) ** torch.arange(M, device=device)  # hashes of sampled action tuples
 
     R = 1
+    padding = torch.zeros(E, 1, dtype=torch.bool, device=device)  # beams kept only to fill a row: no children
     returns = torch.zeros(E, 1, device=device)  # discounted expected rewards so far
     log_likelihood = torch.zeros(E, 1, device=device)
     generated = torch.zeros(E, 1, 1, 0, dtype=torch.long, device=device)  # all planned tokens
     token_log_probs = torch.zeros(E, 1, 1, 0, device=device)
     observation = prefix[:, None, -N:]  # (E, R, N) tokens of the current planned state
-    hashes = torch.zeros(E, 1, dtype=torch.long, device=device)
 
     def step(tokens: torch.Tensor, logits: torch.Tensor, append: bool = True):
         nonlocal generated, token_log_probs
@@ -440,23 +445,25 @@ def plan(
             scores = returns[..., None] + discounts[t] * critic.q(states, discretizer_decode(table, actions, N))
         else:
             scores = candidate_returns + discounts[t + 1] * value
-        # identical candidates plan identical futures: keep one of each
-        candidate_hashes = hashes[..., None] * 1_000_003 + (actions * action_place_values).sum(-1)
         scores = scores.reshape(E, R * X)
         if spec.distinct_candidates:
-            scores = drop_duplicates(scores, candidate_hashes.reshape(E, R * X))
+            # identical candidates plan identical futures: keep one of each. Kept beams are
+            # distinct (padding aside), so a candidate is its (beam, action tokens), compared exactly
+            scores = scores.masked_fill(padding[:, :, None].expand(E, R, X).reshape(E, R * X), float("-inf"))
+            parents = torch.arange(R, device=device)[None, :, None].expand(E, R, X).reshape(E, R * X)
+            scores = drop_duplicates(scores, parents, actions.reshape(E, R * X, M))
             # a sharp model makes most candidates duplicates: carry only as many beams as any
             # environment has distinct candidates (one host sync per planned transition)
             keep = min(spec.beam_width, int(torch.isfinite(scores).sum(dim=-1).max()))
         else:
             keep = min(spec.beam_width, R * X)
         scores, index = scores.topk(keep, dim=-1)
+        padding = ~torch.isfinite(scores)
         beam, expansion = index // X, index % X
         env = torch.arange(E, device=device)[:, None]
         decoder.select(beam, expansion)
         returns = candidate_returns[env, beam, expansion]
         log_likelihood = candidate_likelihood[env, beam, expansion]
-        hashes = candidate_hashes[env, beam, expansion]
         generated = generated[env, beam, expansion][:, :, None]
         token_log_probs = token_log_probs[env, beam, expansion][:, :, None]
         R = keep
@@ -475,14 +482,39 @@ def plan(
     return Plan(actions=actions, scores=scores[env, best], token_log_probs=token_log_probs[env, best, 0])
 
 
+def token_beam_search(decoder, config, spec: PlannerSpec) -> Plan:
+    """The published likelihood search: per token, every beam times every bin token, keep the
+    `beam_width` of highest cumulative log-probability (the termination token is never planned)."""
+    V, M, D = config.n_bins, config.action_dim, config.transition_dim
+    E = decoder.logits().shape[0]
+    device = decoder.logits().device
+    env = torch.arange(E, device=device)[:, None]
+    cumulative = torch.zeros(E, 1, device=device)
+    generated = torch.zeros(E, 1, 0, dtype=torch.long, device=device)
+    token_log_probs = torch.zeros(E, 1, 0, device=device)
+    for _ in range(spec.horizon * D - (D - M)):  # through the last planned transition's actions
+        log_probs = decoder.logits()[:, :, 0].log_softmax(dim=-1)[..., :V]  # (E, R, V)
+        candidates = (cumulative[..., None] + log_probs).flatten(1)
+        cumulative, index = candidates.topk(min(spec.beam_width, candidates.shape[1]), dim=-1)
+        beam, token = index // V, index % V
+        decoder.select(beam, torch.zeros_like(beam))
+        decoder.append(token[..., None])
+        generated = torch.cat([generated[env, beam], token[..., None]], dim=-1)
+        token_log_probs = torch.cat([token_log_probs[env, beam], log_probs[env, beam, token][..., None]], dim=-1)
+    best = torch.arange(E, device=device)  # topk sorts: the first beam is the most likely
+    sequence = torch.cat([generated[best, 0], generated.new_zeros(E, D - M)], dim=-1).view(E, spec.horizon, D)
+    return Plan(actions=sequence[..., :M], scores=cumulative[:, 0], token_log_probs=token_log_probs[best, 0])
+
+
 def discretizer_decode(table: torch.Tensor, tokens: torch.Tensor, first_dim: int) -> torch.Tensor:
     dims = torch.arange(first_dim, first_dim + tokens.shape[-1], device=tokens.device)
     return table[dims, tokens.clamp(max=table.shape[1] - 1)]
 
 
-def drop_duplicates(scores: torch.Tensor, hashes: torch.Tensor) -> torch.Tensor:
-    """-inf for every candidate whose hash already appeared earlier in its environment's row."""
-    same = hashes[:, :, None] == hashes[:, None, :]
-    earlier = torch.ones(hashes.shape[1], hashes.shape[1], dtype=torch.bool, device=hashes.device).tril(-1)
+def drop_duplicates(scores: torch.Tensor, parents: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """-inf for every candidate (E, C) whose parent beam (E, C) and action tokens (E, C, M)
+    both equal an earlier candidate's in its environment's row."""
+    same = (parents[:, :, None] == parents[:, None, :]) & (actions[:, :, None, :] == actions[:, None, :, :]).all(-1)
+    earlier = torch.ones(parents.shape[1], parents.shape[1], dtype=torch.bool, device=parents.device).tril(-1)
     duplicate = (same & earlier).any(dim=-1)
     return scores.masked_fill(duplicate, float("-inf"))

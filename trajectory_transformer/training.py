@@ -63,6 +63,10 @@ class OptimSpec:
     max_updates: int | None = None  # a cap for CPU-sized runs
     warmup_updates: int | None = None  # null: one epoch, as published
     final_lr_fraction: float = 0.1
+    # cosine: after warm-up, cosine decay over the rest of the run, reaching the floor at its end;
+    # published: the authors' code, cosine over 20 epochs of warm-up-sized steps with progress
+    # never clamped (it falls to the floor, stays there, and rises again past 24 epochs)
+    lr_schedule: Literal["cosine", "published"] = "cosine"
     observation_weight: float = 1.0
     action_weight: float = 5.0
     reward_weight: float = 1.0
@@ -186,12 +190,17 @@ def prepare(token_paths: list[np.ndarray], discretizer: Discretizer, sequence: S
 # Devices, schedule, checkpoints
 
 
-def learning_rate(update: int, total: int, warmup: int, spec: OptimSpec) -> float:
-    """Linear warm-up, then cosine decay to `final_lr_fraction` of the peak."""
+def learning_rate(update: int, total: int, warmup: int, per_epoch: int, spec: OptimSpec) -> float:
+    """Linear warm-up, then cosine decay with a floor of `final_lr_fraction` of the peak, as
+    `spec.lr_schedule` says (the published one: warm-up over one epoch's tokens, final_tokens =
+    20 x warm-up tokens, lr = peak * max(floor, cos-schedule(progress)), progress unclamped)."""
     if update < warmup:
         return spec.learning_rate * (update + 1) / warmup
-    progress = (update - warmup) / max(1, total - warmup)
     floor = spec.final_lr_fraction
+    if spec.lr_schedule == "published":
+        progress = (update - warmup) / max(1, 20 * per_epoch - warmup)
+        return spec.learning_rate * max(floor, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    progress = (update - warmup) / max(1, total - warmup)
     return spec.learning_rate * (floor + (1 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
 
 
@@ -359,7 +368,7 @@ def train(
         indices = global_batch[rank * local_batch : (rank + 1) * local_batch]
         inputs, targets, mask = train_windows.batch(indices)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(update, total, warmup, spec.optim)
+            group["lr"] = learning_rate(update, total, warmup, per_epoch, spec.optim)
         paths = train_windows.path_of_start[indices]
         with autocast():
             logits = trained(inputs, train_goals[paths] if config.goal_length else None,
@@ -388,7 +397,7 @@ def train(
             running_loss.zero_()
             running_steps, tokens_seen, clock = 0, 0, time.perf_counter()
         if update % spec.run.eval_every == 0 or update == total:
-            entry = {"update": update, "train/loss": running["sum"] / max(running["count"], 1), "learning_rate": learning_rate(update - 1, total, warmup, spec.optim)}
+            entry = {"update": update, "train/loss": running["sum"] / max(running["count"], 1), "learning_rate": learning_rate(update - 1, total, warmup, per_epoch, spec.optim)}
             if validation_windows is not None:
                 entry.update(validation_losses(model, validation_windows, validation_goals, validation_maps, batch_size,
                                                spec.run.validation_batches, device, autocast))
