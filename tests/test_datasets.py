@@ -140,13 +140,15 @@ def test_unknown_minari_id_is_one_clear_line():
 def test_no_network_and_nothing_cached_leaves_no_output(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # nothing listens: no download
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "empty-root"))
     spec = FetchSpec(source="minari", minari_id="mujoco/hopper/medium-v0")
     with pytest.raises(PipelineError) as error:
-        fetch(spec, "hopper-medium", tmp_path / "out")
+        fetch(spec, "hopper-medium", tmp_path / "work" / "out")
     message = str(error.value)
-    assert "mujoco/hopper/medium-v0 could not be downloaded" in message
+    assert f"mujoco/hopper/medium-v0 is not in the local Minari root {tmp_path / 'empty-root'}" in message
+    assert "could not be downloaded" in message
     assert "dvc pull" in message and "suite=offline" in message and "\n" not in message
-    assert list(tmp_path.iterdir()) == []
+    assert list((tmp_path / "work").iterdir()) == []
 
 
 def test_params_of_the_wrong_type_are_named():

@@ -21,7 +21,7 @@ from minari.data_collector.callbacks import StepDataCallback
 from minari.utils import parse_dataset_id
 from tqdm import tqdm
 
-from trajectory_transformer import behavior, gridworld, mazes
+from trajectory_transformer import antmaze, behavior, gridworld, mazes
 from trajectory_transformer.errors import PipelineError
 
 QUALITIES = ("random", "medium", "medium-replay", "expert", "medium-expert")
@@ -121,11 +121,12 @@ def fetch(spec: FetchSpec, name: str, out_dir: Path) -> None:
     """Write dataset `name` to `out_dir` atomically: on failure nothing is left behind."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    local_root = minari.storage.get_dataset_path()  # the user's Minari root, before the scratch one
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as scratch:
         scratch = Path(scratch)
         with minari_root(scratch / "minari"):
             if spec.source == "minari":
-                built = download(spec.minari_id, name)
+                built = download(spec.minari_id, name, local_root)
             elif spec.generator == "pointmaze":
                 built = generate_pointmaze(spec, name)
             elif spec.generator == "pointmaze-goals":
@@ -143,16 +144,23 @@ def local_id(name: str) -> str:
     return f"pipeline/{name}-v0"
 
 
-def download(minari_ids: str | list[str], name: str) -> Path:
+def download(minari_ids: str | list[str], name: str, local_root: Path) -> Path:
+    """Each id from the local Minari root `local_root` if it holds it (no server contacted:
+    compute nodes without network), else downloaded; several ids are combined."""
     ids = [minari_ids] if isinstance(minari_ids, str) else list(minari_ids)
     for dataset_id in ids:
+        local = Path(local_root) / dataset_id
+        if (local / "data" / "metadata.json").exists():
+            shutil.copytree(local, minari.storage.get_dataset_path(dataset_id))
+            continue
         try:
             minari.download_dataset(dataset_id)
         except Exception as error:
             raise PipelineError(
-                f"dataset {dataset_id} could not be downloaded ({type(error).__name__}: "
-                f"{str(error).splitlines()[0] if str(error) else 'no detail'}); either `dvc pull` "
-                "it from the project's remote, or run the offline suite: dvc exp run -S suite=offline"
+                f"dataset {dataset_id} is not in the local Minari root {local_root} (MINARI_DATASETS_PATH) and could not "
+                f"be downloaded ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no detail'}); "
+                "download it there on a machine with network (`minari download " + dataset_id + "`), `dvc pull` it "
+                "from the project's remote, or run the offline suite: dvc exp run -S suite=offline"
             ) from None
     if len(ids) == 1:
         return minari.storage.get_dataset_path(ids[0])
@@ -161,6 +169,7 @@ def download(minari_ids: str | list[str], name: str) -> Path:
 
 def combine(datasets: list, name: str) -> Path:
     """One dataset from several (D4RL's medium-expert), keeping their shared reference returns."""
+    minari.storage.get_dataset_path(local_id(name)).parent.mkdir(parents=True, exist_ok=True)  # Minari makes no namespace folder
     combined = minari.combine_datasets(datasets, local_id(name))
     references = {k: datasets[0].storage.metadata.get(k) for k in ("ref_min_score", "ref_max_score")}
     if all(d.storage.metadata.get(k) == v for d in datasets for k, v in references.items()):
@@ -380,6 +389,7 @@ class Transitions:
     rewards: np.ndarray  # (T,) float32
     terminals: np.ndarray  # (T,) bool: a true end of the task
     timeouts: np.ndarray  # (T,) bool: an episode cut without a terminal
+    successes: np.ndarray | None = None  # (T,) bool: terminals that reach the task's goal (they keep their reward)
     maps: np.ndarray | None = None  # (T, H, W) uint8 map images given to the model as context (MiniGrid)
 
 
@@ -387,7 +397,9 @@ class Transitions:
 class ObservationSpec:
     """How a dataset's observations become one flat vector, and which reward the task uses.
 
-    `task: offline-rl` keeps the dataset's rewards; `task: goal-conditioned` recomputes the sparse
+    `task: offline-rl` keeps the dataset's rewards; `task: fixed-goal` (AntMaze: D4RL's task of
+    Table 2) relabels rewards and terminals for the maze's fixed evaluation goal (`antmaze`), the
+    data's own rewards being for goals the observation does not hold; `task: goal-conditioned` recomputes the sparse
     reward for each episode's own desired goal; `task: goal-reaching` (the paper's section 4.2)
     trains the goal-conditioned model: the `goal_dims` of each path's final state sit first in
     every sequence, and at evaluation the planner conditions on the observation's `goal_key`
@@ -398,7 +410,7 @@ class ObservationSpec:
     (MiniGrid's map) that the model reads as context through a small CNN.
     """
 
-    task: Literal["offline-rl", "goal-conditioned", "goal-reaching"] = "offline-rl"
+    task: Literal["offline-rl", "fixed-goal", "goal-conditioned", "goal-reaching"] = "offline-rl"
     observation_keys: list[str] | None = None
     observation_dims: int | None = None
     goal_dims: list[int] | None = None  # goal-reaching: dims of the flat observation that make the goal
@@ -428,13 +440,16 @@ def open_dataset(folder: Path) -> "minari.MinariDataset":
 
 
 def reference_returns(dataset) -> tuple[float, float, str]:
-    """(random, expert, where they come from). D4RL's constants for its locomotion envs whatever
-    the dataset records (Table 1 is normalized with them; later Minari versions add scores of
-    their own), else the dataset's own."""
+    """(random, expert, where they come from). D4RL's constants for its locomotion envs and
+    AntMaze whatever the dataset records (the paper's tables are normalized with them; later
+    Minari versions add scores of their own, and Minari's AntMaze scores count steps at the goal
+    of a continuing env), else the dataset's own."""
     env_spec = dataset.spec.env_spec
     env_name = env_spec.id.split("-")[0].lower() if env_spec else ""
     if env_name in D4RL_REFERENCE_RETURNS:
         return (*D4RL_REFERENCE_RETURNS[env_name], f"D4RL {env_name}")
+    if env_spec and antmaze.task_of(env_spec) is not None:  # an evaluation episode scores 1 at the goal
+        return 0.0, 1.0, "D4RL antmaze"
     metadata = dataset.storage.metadata
     if metadata.get("ref_min_score") is not None and metadata.get("ref_max_score") is not None:
         return float(metadata["ref_min_score"]), float(metadata["ref_max_score"]), "dataset metadata"
@@ -468,18 +483,27 @@ def load_transitions(folder: Path, spec: ObservationSpec, where: str = "dataset"
     spec.check(where)
     if spec.task == "goal-conditioned" and "desired_goal" not in (spec.observation_keys or []):
         raise PipelineError(f"{where}: a goal-conditioned task needs desired_goal in observation_keys")
-    parts = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "maps")}
+    task = antmaze.task_of(dataset.spec.env_spec) if dataset.spec.env_spec else None
+    if task is not None and spec.task != "fixed-goal":
+        raise PipelineError(f"params {where}.observation.task: AntMaze rewards are for each episode's own goal, which the "
+                            "observation does not hold: set task fixed-goal (D4RL's task: rewards for one fixed goal)")
+    if task is None and spec.task == "fixed-goal":
+        raise PipelineError(f"params {where}.observation.task: fixed-goal relabels AntMaze data only; use offline-rl")
+    parts = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "successes", "maps")}
     for episode in dataset.iterate_episodes():
         observations = episode.observations
         rewards = np.asarray(episode.rewards, dtype=np.float32)
+        terminals = np.asarray(episode.terminations, dtype=bool)
         if spec.task == "goal-conditioned":
             # The row that starts a continuing run's next episode still carries the previous goal
             # (the env moves the goal after building it): the episode's goal is its last row's.
             goal = np.asarray(observations["desired_goal"][-1])
             observations = {**observations, "desired_goal": np.broadcast_to(goal, observations["desired_goal"].shape)}
             rewards = mazes.goal_reached(observations["achieved_goal"][1:], goal).astype(np.float32)
+        if task is not None:  # D4RL: reward 1 and a terminal wherever the next position is at the goal
+            rewards = task.rewards(observations["achieved_goal"][1:])
+            terminals = rewards > 0
         steps = len(episode.actions)
-        terminals = np.asarray(episode.terminations, dtype=bool)
         timeouts = np.asarray(episode.truncations, dtype=bool) & ~terminals
         timeouts[-1] |= not terminals[-1]  # every episode ends: an unmarked end is a time-out
         parts["observations"].append(flatten_observations(observations, spec, where)[:steps])
@@ -487,6 +511,7 @@ def load_transitions(folder: Path, spec: ObservationSpec, where: str = "dataset"
         parts["rewards"].append(rewards)
         parts["terminals"].append(terminals)
         parts["timeouts"].append(timeouts)
+        parts["successes"].append(terminals & (task is not None))
         if spec.map_key is not None:
             if not isinstance(observations, dict) or spec.map_key not in observations:
                 raise PipelineError(f"{where}: map_key '{spec.map_key}' is not an observation key of the dataset at {folder}")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from trajectory_transformer import gridworld, mazes
+from trajectory_transformer import antmaze, gridworld, mazes
 from trajectory_transformer.datasets import DatasetSpec, flatten_observations, normalized_score, open_dataset, reference_returns
 from trajectory_transformer.critic import OfflineAgent
 from trajectory_transformer.discretization import Discretizer
@@ -59,8 +59,12 @@ def make_env(spec: DatasetSpec, data_dir: Path) -> gym.Env:
         return gridworld.make_env()
     if fetch.source == "generate":
         return gym.make("Reacher-v5")
+    dataset = open_dataset(data_dir)
+    task = antmaze.task_of(dataset.spec.env_spec) if dataset.spec.env_spec else None
+    if task is not None:  # D4RL's fixed-goal task on the data's own walls, not Minari's evaluation map
+        return task.make_env()
     try:
-        return open_dataset(data_dir).recover_environment(eval_env=True)
+        return dataset.recover_environment(eval_env=True)
     except Exception as error:  # missing env package, unknown env id
         raise PipelineError(f"the evaluation environment of {data_dir} cannot be made ({type(error).__name__}: "
                             f"{str(error).splitlines()[0] if str(error) else ''}); install its package") from None

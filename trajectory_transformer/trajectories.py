@@ -1,7 +1,8 @@
 """From flat transitions to the Trajectory Transformer's training sequences (REFERENCE.md 1).
 
 A transition is [observation (N), action (M), reward (1), value (1)]. Paths end at every
-terminal or time-out; a true terminal's reward is replaced by the termination penalty; the value
+terminal or time-out; a true terminal's reward is replaced by the termination penalty (a failure,
+such as a fall: a terminal that reaches the task's goal, AntMaze relabeled, keeps its reward); the value
 is the discounted reward-to-go from the NEXT step, with no bootstrap at the end of a path.
 Training windows start at every step of a path but its last; steps past the path's end are the
 termination token and stay in the loss; only steps past the maximum path length are masked.
@@ -11,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.signal import lfilter
 
 from trajectory_transformer.datasets import Transitions
 from trajectory_transformer.errors import PipelineError
@@ -44,9 +44,10 @@ def path_bounds(transitions: Transitions, max_path_length: int) -> list[tuple[in
 def reward_to_go(rewards: np.ndarray, discount: float) -> np.ndarray:
     """V_t = sum_{k=t+1}^{T-1} discount^(k-t-1) r_k; V at the last step is 0."""
     rewards = np.asarray(rewards, dtype=np.float64)
-    future = np.append(rewards[1:], 0.0)
-    # returns[t] = future[t] + discount * returns[t + 1], computed backwards as a linear filter
-    return lfilter([1.0], [1.0, -discount], future[::-1])[::-1]
+    values = np.zeros_like(rewards)
+    for t in range(len(rewards) - 2, -1, -1):  # paths are at most max_path_length long
+        values[t] = rewards[t + 1] + discount * values[t + 1]
+    return values
 
 
 def joined_paths(transitions: Transitions, spec: SequenceSpec) -> list[np.ndarray]:
@@ -55,7 +56,7 @@ def joined_paths(transitions: Transitions, spec: SequenceSpec) -> list[np.ndarra
     for start, end in path_bounds(transitions, spec.max_path_length):
         rewards = transitions.rewards[start:end].astype(np.float64)
         terminal = transitions.terminals[end - 1]
-        if terminal:
+        if terminal and not (transitions.successes is not None and transitions.successes[end - 1]):
             rewards[-1] = spec.termination_penalty
         values = reward_to_go(rewards, spec.discount)
         paths.append(
