@@ -34,7 +34,7 @@ from trajectory_transformer import __version__
 from trajectory_transformer.artifacts import atomic_directory, write_json, write_training_report
 from trajectory_transformer.datasets import Transitions
 from trajectory_transformer.errors import PipelineError
-from trajectory_transformer.weights import load_checkpoint, load_weights, resolve_device, save_checkpoint, save_weights
+from trajectory_transformer.weights import load_checkpoint, load_weights, resolve_device, save_checkpoint, save_weights, use_cpu_threads
 
 CHECKPOINT_FORMAT = "offline-agent-checkpoint/1"
 AGENT_FORMAT = "offline-agent/1"
@@ -198,8 +198,7 @@ def train_agent(transitions: Transitions, spec: BCSpec, identity: AgentIdentity,
         raise TypeError("IQL needs an IQLSpec")
     device = resolve_device(spec.device)
     if device.type == "cpu":
-        torch.set_num_threads(spec.cpu_threads)
-        torch.use_deterministic_algorithms(True)
+        use_cpu_threads(spec.cpu_threads)
     data = transition_tensors(transitions, spec.reward_shift if iql else 0.0, device)
     if len(data) < 2:
         raise PipelineError(f"dataset {identity.dataset} has fewer than 2 usable transitions for {identity.algorithm}")

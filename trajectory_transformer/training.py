@@ -32,7 +32,7 @@ from trajectory_transformer.model import (
     TOKEN_GROUPS, ModelConfig, TrajectoryTransformer, parameter_count, target_groups, token_losses, weighted_loss,
 )
 from trajectory_transformer.trajectories import SequenceSpec, Windows, joined_paths
-from trajectory_transformer.weights import load_checkpoint, load_weights, resolve_device, save_checkpoint, save_weights
+from trajectory_transformer.weights import load_checkpoint, load_weights, resolve_device, save_checkpoint, save_weights, use_cpu_threads
 
 CHECKPOINT_FORMAT = "trajectory-transformer-checkpoint/1"
 MODEL_FORMAT = "trajectory-transformer-model/1"
@@ -312,8 +312,7 @@ def train(
     rank, world, local_rank = distributed_context()
     device = resolve_device(spec.run.device, local_rank)
     if device.type == "cpu":
-        torch.set_num_threads(spec.run.cpu_threads)
-        torch.use_deterministic_algorithms(True)  # multi-threaded CPU backward is not bitwise stable otherwise
+        use_cpu_threads(spec.run.cpu_threads)
     else:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -27,6 +27,18 @@ def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def use_cpu_threads(threads: int) -> None:
+    """`threads` intra-op threads, with deterministic kernels: multi-threaded CPU backward is not
+    bitwise stable otherwise. The flag is set directly: `torch.use_deterministic_algorithms`
+    also imports torch._inductor to set its own flag (1.4 s at every stage start; we never compile)."""
+    torch.set_num_threads(threads)
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None:
+        torch.use_deterministic_algorithms(True)
+    else:
+        setter(True, warn_only=False)
+
+
 def save_checkpoint(content: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = path.with_name(f".{path.name}.partial")
