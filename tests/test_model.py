@@ -75,7 +75,7 @@ def test_hopper_sized_model_has_the_published_size():
     config = ModelConfig(observation_dim=11, action_dim=3, n_bins=100)
     model = TrajectoryTransformer(config)
     assert config.block_size == 159
-    assert 1.1e6 < sum(p.numel() for p in model.parameters()) < 1.3e6  # about 1.2 M (REFERENCE.md 3)
+    assert 1.1e6 < sum(p.numel() for p in model.parameters()) < 1.3e6  # about 1.2 M (published system §3)
 
 
 def test_the_map_context_changes_the_logits_of_its_own_sequence_and_nothing_else_does():
