@@ -4,7 +4,8 @@ import torch
 
 from trajectory_transformer.datasets import Transitions
 from trajectory_transformer.errors import PipelineError
-from trajectory_transformer.trajectories import SequenceSpec, Windows, joined_paths, path_bounds, reward_to_go
+from trajectory_transformer.trajectories import SequenceSpec, joined_paths, path_bounds, reward_to_go
+from trajectory_transformer.training import Windows
 
 
 def transitions(rewards, terminals, timeouts, obs_dim=1, act_dim=1):

@@ -17,6 +17,7 @@ large: reset top-left, goal in D4RL's corner; for UMaze D4RL's start and goal ar
 collection map's R and G cells).
 """
 
+import itertools
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -75,15 +76,14 @@ class AntMazeTask:
         env = AntMazeEvaluation(self)
         built = walls(env.unwrapped.maze.maze_map)
         if built != self.layout:
-            raise PipelineError(f"the evaluation maze of {self.env_id} has other walls than its data's "
-                                f"({built} against {self.layout}): evaluate on the data's own maze")
+            rows = [r for r, (ours, theirs) in enumerate(itertools.zip_longest(built, self.layout)) if ours != theirs]
+            raise PipelineError(f"the evaluation maze of {self.env_id} has other walls than its data's (rows {rows} differ): "
+                                "evaluate on the data's own maze")
         return env
 
 
-def task_of(env_spec: gym.envs.registration.EnvSpec | str) -> AntMazeTask | None:
+def task_of(env_spec: gym.envs.registration.EnvSpec) -> AntMazeTask | None:
     """The D4RL task of a dataset's collection env (its Minari `env_spec`), or None if it is no AntMaze."""
-    if isinstance(env_spec, str):
-        env_spec = gym.envs.registration.EnvSpec.from_json(env_spec)
     family = maze_family(env_spec.id)
     if family is None:
         return None

@@ -1,4 +1,4 @@
-"""Implicit Q-learning (REFERENCE.md 6) and behavior cloning, read top to bottom.
+"""Implicit Q-learning (docs/published-system.md §6) and behavior cloning, read top to bottom.
 
 IQL (Kostrikov et al. 2021, as CORL implements it): two Q networks and their minimum, one V
 network fitted to that minimum by expectile regression (so V approaches the best in-data action's
@@ -59,7 +59,7 @@ class BCSpec:
 
 @dataclass
 class IQLSpec(BCSpec):
-    """The `critic` section of params.yaml (REFERENCE.md 6, AntMaze defaults)."""
+    """The `critic` section of params.yaml (published system §6, AntMaze defaults)."""
 
     discount: float = 0.99
     expectile: float = 0.9

@@ -179,7 +179,7 @@ def combine(datasets: list, name: str) -> Path:
 
 def split_at_success(evaluation_goal: np.ndarray) -> type[StepDataCallback]:
     """A Minari step callback: one continuing PointMaze run, cut into an episode at each success
-    (REFERENCE.md 7), with rewards relabeled for the fixed evaluation goal (the D4RL
+    (published system §7), with rewards relabeled for the fixed evaluation goal (the D4RL
     maze2d/AntMaze task): the data head for random goals, so imitating them does not solve the
     evaluation task."""
 

@@ -1,6 +1,6 @@
 """PointMaze layouts, the published waypoint expert, and the evaluation tasks.
 
-The expert follows REFERENCE.md section 7 (how the D4RL/Minari PointMaze data were made):
+The expert follows how the D4RL/Minari PointMaze data were made (docs/published-system.md §7):
 Q-iteration on the maze's cell grid picks the next cell to head for, a PD controller
 `a = 10 (waypoint - position) - 1 velocity` follows waypoints at cell centres with a small
 random offset (the exact goal last), Gaussian noise is added and actions are clipped.

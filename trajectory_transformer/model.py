@@ -1,4 +1,4 @@
-"""The Trajectory Transformer: a GPT decoder over per-dimension tokens (REFERENCE.md 3).
+"""The Trajectory Transformer: a GPT decoder over per-dimension tokens (docs/published-system.md §3).
 
 A transition [observation (N), action (M), reward, value] is D = N + M + 2 tokens, each the bin
 index of one dimension (V bins, token V = termination). Each dimension has its own embeddings
@@ -16,7 +16,7 @@ cached keys stay valid when the planner's context window slides (the planner iss
 
 The goal-conditioned variant puts G goal tokens (chosen observation dimensions of the goal
 state, embedded with those dimensions' tables) at the start of every sequence, so every token
-can attend to them (REFERENCE.md 4); they are never predicted.
+can attend to them (published system §4); they are never predicted.
 
 The map-conditioned variant (the paper's appendix F, MiniGrid) adds a context embedding, computed
 by a small CNN from a map image of integer codes, to every token embedding of the sequence.

@@ -1,4 +1,4 @@
-"""Beam-search planning with the Trajectory Transformer (REFERENCE.md 4), read top to bottom.
+"""Beam-search planning with the Trajectory Transformer (docs/published-system.md §4), read top to bottom.
 
 One call plans for E environments at once. Per environment the sequence is: the last `context`
 transitions seen (value slot = placeholder), the current observation, then `horizon` planned
@@ -19,7 +19,7 @@ Scores (`mode`), for a candidate whose last planned transition is t (s_t, a_t, r
     very action being chosen, which is what separates the candidates of one beam.
   - `v`: sum_{i<=t} discount^i E[r_i] + discount^(t+1) V(s_{t+1}), with s_{t+1} decoded greedily
     for every candidate before selection (N more tokens per candidate rather than per kept beam).
-  Both critics are IQL's (REFERENCE.md 6): Q = min(Q1, Q2), in the units of its shifted rewards.
+  Both critics are IQL's (published system §6): Q = min(Q1, Q2), in the units of its shifted rewards.
 - `likelihood`: the log-probability of every generated token (ours for imitation; with a
   goal-conditioned model the goal sits at the start of the sequence: goal reaching, and a
   map-conditioned model reads its map as context). Action tokens are still sampled under the
@@ -57,7 +57,7 @@ from trajectory_transformer.model import TrajectoryTransformer, apply_rotary, ro
 
 @dataclass
 class PlannerSpec:
-    """The `plan` section of params.yaml (REFERENCE.md 4 defaults)."""
+    """The `plan` section of params.yaml (published system §4 defaults)."""
 
     mode: Literal["reward", "likelihood", "beam"] = "reward"
     horizon: int = 15

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-# REFERENCE.md 5: the paper's Table 1 (D4RL v2, normalized return) and Table 2 (AntMaze v0, success %).
+# published system §5: the paper's Table 1 (D4RL v2, normalized return) and Table 2 (AntMaze v0, success %).
 PUBLISHED = {
     "TT (quantile)": {
         "halfcheetah-medium-expert": (95.0, 0.2), "hopper-medium-expert": (110.0, 2.7), "walker2d-medium-expert": (101.9, 6.8),
@@ -27,7 +27,7 @@ PUBLISHED = {
         "antmaze-large-play": (66.7, 12.2), "antmaze-large-diverse": (60.0, 12.7),
     },
 }
-# Not the paper: CORL's IQL on AntMaze v2 (4 seeds, last checkpoint; REFERENCE.md 6 quotes its means)
+# Not the paper: CORL's IQL on AntMaze v2 (4 seeds, last checkpoint; published system §6 quotes its means)
 OTHER_PUBLISHED = {
     "IQL (CORL, AntMaze v2)": {
         "antmaze-umaze": (77.0, float("nan")), "antmaze-medium-play": (65.8, float("nan")),

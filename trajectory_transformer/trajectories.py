@@ -1,17 +1,14 @@
-"""From flat transitions to the Trajectory Transformer's training sequences (REFERENCE.md 1).
+"""From flat transitions to the Trajectory Transformer's training sequences (docs/published-system.md §1).
 
 A transition is [observation (N), action (M), reward (1), value (1)]. Paths end at every
 terminal or time-out; a true terminal's reward is replaced by the termination penalty (a failure,
 such as a fall: a terminal that reaches the task's goal, AntMaze relabeled, keeps its reward); the value
 is the discounted reward-to-go from the NEXT step, with no bootstrap at the end of a path.
-Training windows start at every step of a path but its last; steps past the path's end are the
-termination token and stay in the loss; only steps past the maximum path length are masked.
 """
 
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from trajectory_transformer.datasets import Transitions
 from trajectory_transformer.errors import PipelineError
@@ -78,62 +75,3 @@ def path_maps(transitions: Transitions, spec: SequenceSpec) -> np.ndarray | None
     if transitions.maps is None:
         return None
     return np.stack([transitions.maps[start] for start, _ in path_bounds(transitions, spec.max_path_length)])
-
-
-@dataclass
-class Windows:
-    """All training windows of a tokenized dataset, in one flat tensor (on any device).
-
-    Each path's tokens are followed by `window` rows of the termination token, so a window is a
-    plain slice `tokens[start : start + window]`; `step` holds each row's step index within its
-    path, which decides the loss mask.
-    """
-
-    tokens: torch.Tensor  # (rows, transition_dim) int64
-    step: torch.Tensor  # (rows,) step index within the path; padding continues counting
-    starts: torch.Tensor  # (windows,) row index of each window's first transition
-    path_of_start: torch.Tensor  # (windows,) which path each window comes from
-    window: int
-    max_path_length: int
-
-    @classmethod
-    def build(cls, token_paths: list[np.ndarray], termination_token: int, window: int, max_path_length: int):
-        if not token_paths:
-            raise PipelineError("no paths to build training windows from")
-        dim = token_paths[0].shape[1]
-        rows, steps, starts, owners, offset = [], [], [], [], 0
-        for index, path in enumerate(token_paths):
-            length = len(path)
-            rows += [path, np.full((window, dim), termination_token, dtype=path.dtype)]
-            steps.append(np.arange(length + window))
-            path_starts = offset + np.arange(max(length - 1, 0))
-            starts.append(path_starts)
-            owners.append(np.full(len(path_starts), index))
-            offset += length + window
-        starts = np.concatenate(starts)
-        if len(starts) == 0:
-            raise PipelineError(f"every path is a single step: no window of {window} transitions can be built")
-        return cls(
-            tokens=torch.from_numpy(np.concatenate(rows).astype(np.int64)),
-            step=torch.from_numpy(np.concatenate(steps)),
-            starts=torch.from_numpy(starts),
-            path_of_start=torch.from_numpy(np.concatenate(owners)),
-            window=window,
-            max_path_length=max_path_length,
-        )
-
-    def to(self, device) -> "Windows":
-        moved = {k: getattr(self, k).to(device) for k in ("tokens", "step", "starts", "path_of_start")}
-        return Windows(**moved, window=self.window, max_path_length=self.max_path_length)
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Model input, target and loss mask for windows `indices`, flattened to tokens:
-        input = tokens[:-1], target = tokens[1:], mask 0 past the maximum path length."""
-        rows = self.starts[indices][:, None] + torch.arange(self.window, device=indices.device)
-        tokens = self.tokens[rows].reshape(len(indices), -1)
-        inside = (self.step[rows] < self.max_path_length).float()
-        mask = inside.repeat_interleave(self.tokens.shape[1], dim=1)
-        return tokens[:, :-1], tokens[:, 1:], mask[:, 1:]
