@@ -4,6 +4,7 @@ its `deps` in dvc.yaml."""
 
 import ast
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,10 @@ def test_stage_deps_list_exactly_the_modules_it_imports(stage):
     listed = {d for d in deps if d.startswith(f"{PACKAGE}/")}
     assert script in deps
     assert listed == closure(ROOT / script)
+
+
+def test_lock_names_only_stages_of_the_pipeline():
+    """DVC never prunes dvc.lock: an entry of a renamed or removed stage would describe nothing."""
+    listed = subprocess.run(["dvc", "stage", "list", "--name-only"], cwd=ROOT, capture_output=True, text=True, check=True)
+    locked = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
+    assert set(locked) <= set(listed.stdout.split())
