@@ -26,6 +26,9 @@ def test_suite_switch_and_incremental_reruns(project):
     assert set(params["datasets"]) == {"pointmaze-umaze", "reacher-medium", *GOALS}
     shown = json.loads(project.dvc("exp", "show", "--json").stdout)
     assert "smoke" in json.dumps(shown)
+    # what a stage writes is a DVC output or ignored: git sees the lock, the params and .gitignore files only
+    status = project.run("git", "status", "--porcelain", "--untracked-files=all").stdout.splitlines()
+    assert all(line[3:] in ("dvc.lock", "params.yaml") or line.endswith(".gitignore") for line in status), status
     metrics = json.loads((project.path / "reports/datasets/reacher-medium.json").read_text())
     assert metrics["episodes"] == 40 and metrics["transitions"] == 2000
     report = (project.path / "reports/results/results.md").read_text()
@@ -132,7 +135,7 @@ def test_suite_switch_and_incremental_reruns(project):
     assert "| dataset | TT (quantile) | BC |" in report  # reacher: no critic
 
     # a critic that belongs to another dataset, or none at all, is refused in one line
-    evaluate = [sys.executable, "stages/evaluate.py", "--dataset", "pointmaze-umaze", "--seed", "0",
+    evaluate = [sys.executable, "-m", "stages.evaluate", "--dataset", "pointmaze-umaze", "--seed", "0",
                 "--data", "data/raw/pointmaze-umaze", "--discretizer", "data/discretized/pointmaze-umaze/quantile",
                 "--model", "models/pointmaze-umaze/quantile/seed-0", "--out", "reports/x", "--timing", "reports/x.json"]
     result = project.run(*evaluate, "--critic", "models/reacher-medium/bc/seed-0", check=False)
@@ -142,7 +145,7 @@ def test_suite_switch_and_incremental_reruns(project):
     assert not (project.path / "reports/x").exists()
 
     # a discretizer that belongs to another dataset is refused by train, in one line
-    result = project.run(sys.executable, "stages/train.py", "--dataset", "reacher-medium", "--seed", "0",
+    result = project.run(sys.executable, "-m", "stages.train", "--dataset", "reacher-medium", "--seed", "0",
                          "--data", "data/raw/reacher-medium", "--discretizer", "data/discretized/pointmaze-umaze/quantile",
                          "--out", "models/x", "--report", "reports/x", "--checkpoint", "models/.checkpoints/x.pt", check=False)
     assert result.returncode == 1 and "fitted on other data" in result.stderr.strip().splitlines()[-1]
@@ -157,7 +160,7 @@ def test_an_unknown_suite_is_refused(project):
 
 def test_bad_params_stop_a_stage_with_one_line(project):
     project.compose("smoke")
-    fetch = [sys.executable, "stages/fetch.py", "--out", "data/raw/x", "--metrics", "reports/x.json"]
+    fetch = [sys.executable, "-m", "stages.fetch", "--out", "data/raw/x", "--metrics", "reports/x.json"]
     result = project.run(*fetch, "--dataset", "no-such-dataset", check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: params: no 'no-such-dataset' in datasets (known: minigrid-multiroom, pointmaze-fourrooms, pointmaze-umaze, reacher-medium)")
@@ -170,3 +173,26 @@ def test_bad_params_stop_a_stage_with_one_line(project):
     assert "datasets.reacher-medium.fetch.source: expected one of 'minari', 'generate', got 'ftp'" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (project.path / "data/raw/x").exists()
+
+
+def test_a_stage_runs_the_library_of_its_own_checkout(project):
+    """The installed library may be another checkout's: a stage still runs this one's, the code DVC hashed."""
+    project.compose("smoke")
+    cli = project.path / "trajectory_transformer/cli.py"
+    cli.write_text(cli.read_text() + '\nraise SystemExit("the library of this checkout ran")\n')
+    result = project.dvc("repro", "-s", "fetch@reacher-medium", check=False)
+    assert result.returncode != 0 and "the library of this checkout ran" in result.stderr + result.stdout
+
+
+def test_an_unexpected_failure_is_one_line_and_writes_nothing(project):
+    project.compose("smoke")
+    datasets = project.path / "trajectory_transformer/datasets.py"  # a bug deep inside the library
+    datasets.write_text(datasets.read_text().replace("    out_dir = Path(out_dir)\n", "    out_dir = Path(out_dir)\n    {}['episodes']\n", 1))
+    fetch = [sys.executable, "-m", "stages.fetch", "--dataset", "reacher-medium", "--out", "data/raw/x", "--metrics", "reports/x.json"]
+    result = project.run(*fetch, check=False)
+    assert result.returncode == 1
+    assert [line for line in result.stderr.splitlines() if not line.startswith("fetch")] == [  # (tqdm's bar aside)
+        "error: stage fetch failed unexpectedly: KeyError: 'episodes' (rerun with TT_DEBUG=1 for the traceback, and please report it)"]
+    assert not (project.path / "data/raw/x").exists() and not (project.path / "reports/x.json").exists()
+    project.env["TT_DEBUG"] = "1"
+    assert "Traceback" in project.run(*fetch, check=False).stderr

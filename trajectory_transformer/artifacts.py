@@ -66,3 +66,5 @@ def write_training_report(report_dir: Path, metrics: dict, history: list[dict]) 
                 if name != "update":
                     live.log_metric(name, value)
         live.end()
+        # dvclive's summary repeats metrics.json and is no DVC output: git would track it
+        (scratch / "live" / "metrics.json").unlink()
