@@ -44,7 +44,7 @@ STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_stage_deps_list_exactly_the_modules_it_imports(stage):
     definition = STAGES[stage].get("do") or STAGES[stage]
-    script = re.search(r"python (stages/\w+\.py)", definition["cmd"]).group(1)
+    script = "stages/" + re.search(r"python -m stages\.(\w+)", definition["cmd"]).group(1) + ".py"
     deps = definition["deps"]
     listed = {d for d in deps if d.startswith(f"{PACKAGE}/")}
     assert script in deps

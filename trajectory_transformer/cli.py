@@ -1,16 +1,23 @@
 """What every stage command shares: one-line errors and quiet third-party warnings."""
 
 import functools
+import os
 import sys
+import traceback
 import warnings
+from pathlib import Path
 
 import click
 
 from trajectory_transformer.errors import PipelineError
 
+DEBUG_VARIABLE = "TT_DEBUG"
+
 
 def stage_command(function):
-    """Run a stage body; a PipelineError becomes one line on stderr and exit status 1."""
+    """Run a stage body; a PipelineError becomes one line on stderr and exit status 1, and so
+    does any other exception (its traceback too when TT_DEBUG=1). Stages write atomically, so a
+    failed stage leaves nothing behind."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
@@ -19,6 +26,15 @@ def stage_command(function):
             return function(*args, **kwargs)
         except PipelineError as error:
             click.echo(f"error: {error}", err=True)
-            sys.exit(1)
+        except click.ClickException:  # usage errors: click prints them itself
+            raise
+        except Exception as error:  # noqa: BLE001 (the last resort: a user sees one line, not a traceback)
+            if os.environ.get(DEBUG_VARIABLE) == "1":
+                traceback.print_exc()
+            stage = Path(sys.argv[0]).stem
+            message = str(error).splitlines()[0] if str(error) else ""
+            click.echo(f"error: stage {stage} failed unexpectedly: {type(error).__name__}: {message} "
+                       f"(rerun with {DEBUG_VARIABLE}=1 for the traceback, and please report it)", err=True)
+        sys.exit(1)
 
     return wrapper
