@@ -34,6 +34,7 @@ import torch
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
+from trajectory_transformer.config import Count, Natural
 from trajectory_transformer.discretization import Discretizer
 from trajectory_transformer.ensemble import EnsembleSpec, GaussianEnsemble, fit_ensemble, gaussian_log_density
 from trajectory_transformer.errors import PipelineError
@@ -61,16 +62,16 @@ class AnalyzeSpec:
 
     datasets: list[str] = field(default_factory=list)  # the datasets analyzed
     kinds: list[str] = field(default_factory=lambda: ["uniform"])  # their discretizer kinds (Figure 3: uniform)
-    seeds: list[int] = field(default_factory=lambda: [0])  # their training seeds
+    seeds: list[Natural] = field(default_factory=lambda: [0])  # their training seeds
     ablations: AblationsSpec = field(default_factory=AblationsSpec)
-    starts: int = 4  # held-out paths, each rolled out from its first observation
-    rollouts: int = 1000  # sampled futures per start (the paper: 1000)
-    horizon: int = 100  # predicted transitions (the paper: 100)
+    starts: Count = 4  # held-out paths, each rolled out from its first observation
+    rollouts: Count = 1000  # sampled futures per start (the paper: 1000)
+    horizon: Count = 100  # predicted transitions (the paper: 100)
     ensemble: EnsembleSpec = field(default_factory=EnsembleSpec)
     cached: bool = True  # false: recompute the whole window for every token (the oracle of the cache)
-    seed: int = 0
+    seed: Natural = 0
     device: str = "auto"
-    cpu_threads: int = 2
+    cpu_threads: Count = 2
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,20 +1,47 @@
 """Typed parameter sections: every stage reads its params into one dataclass, checked here.
 
-A wrong key, a missing key or a value of the wrong type is one line naming the params path
-and the fix, never a traceback from deep inside the pipeline.
+A wrong key, a missing key, a value of the wrong type or out of its range is one line naming
+the params path and the fix, never a traceback from deep inside the pipeline. Ranges are part of
+a field's type: `Count` (an integer >= 1), `Natural` (>= 0), `Positive` (a number > 0),
+`NonNegative` (>= 0), `Probability` (in [0, 1]).
 """
 
 import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
 from trajectory_transformer.errors import PipelineError
 
 T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Bounds of a numeric param; `low_open` excludes `low` itself."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+
+    def holds(self, value) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        return above and (self.high is None or value <= self.high)
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in [{self.low:g}, {self.high:g}]"
+        return f"> {self.low:g}" if self.low_open else f">= {self.low:g}"
+
+
+Count = Annotated[int, Range(low=1)]
+Natural = Annotated[int, Range(low=0)]
+NonNegative = Annotated[float, Range(low=0)]
+Positive = Annotated[float, Range(low=0, low_open=True)]
+Probability = Annotated[float, Range(low=0, high=1)]
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:
@@ -43,6 +70,9 @@ def section(params: dict, dotted: str) -> Any:
 
 
 def _describe(annotation) -> str:
+    if get_origin(annotation) is Annotated:
+        base, *bounds = get_args(annotation)
+        return " ".join([_describe(base), *(b.describe() for b in bounds if isinstance(b, Range))])
     if get_origin(annotation) is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(annotation))
     if get_origin(annotation) in (typing.Union, types.UnionType):
@@ -55,7 +85,12 @@ def _describe(annotation) -> str:
 
 def _convert(value, annotation, where: str):
     origin = get_origin(annotation)
-    if origin is Literal:
+    if origin is Annotated:
+        base, *bounds = get_args(annotation)
+        value = _convert(value, base, where)
+        if all(b.holds(value) for b in bounds if isinstance(b, Range)):
+            return value
+    elif origin is Literal:
         if value in get_args(annotation):
             return value
     elif origin in (typing.Union, types.UnionType):
@@ -96,7 +131,7 @@ def parse(cls: type[T], values, where: str) -> T:
     """Build dataclass `cls` from a params mapping, checking keys and types."""
     if not isinstance(values, dict):
         raise PipelineError(f"params {where}: expected a mapping of {cls.__name__} fields, got {values!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:

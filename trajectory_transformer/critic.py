@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from trajectory_transformer import __version__
 from trajectory_transformer.artifacts import atomic_directory, write_json, write_training_report
+from trajectory_transformer.config import Count, NonNegative, Positive, Probability
 from trajectory_transformer.datasets import Transitions
 from trajectory_transformer.errors import PipelineError
 from trajectory_transformer.weights import load_checkpoint, load_weights, resolve_device, save_checkpoint, save_weights, use_cpu_threads
@@ -46,26 +47,26 @@ class BCSpec:
     """The `bc` section of params.yaml: a Gaussian MLP policy fitted by maximum likelihood."""
 
     datasets: list[str] = field(default_factory=list)  # which datasets get an agent (and its evaluation)
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
-    learning_rate: float = 3e-4
-    batch_size: int = 256
-    updates: int = 1_000_000
+    hidden: list[Count] = field(default_factory=lambda: [256, 256])
+    learning_rate: Positive = 3e-4
+    batch_size: Count = 256
+    updates: Count = 1_000_000
     normalize_observations: bool = True
-    log_every: int = 1000
-    checkpoint_every: int = 10_000
+    log_every: Count = 1000
+    checkpoint_every: Count = 10_000
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    cpu_threads: int = 2
+    cpu_threads: Count = 2
 
 
 @dataclass
 class IQLSpec(BCSpec):
     """The `critic` section of params.yaml (published system §6, AntMaze defaults)."""
 
-    discount: float = 0.99
-    expectile: float = 0.9
-    temperature: float = 10.0  # beta of the advantage weight exp(beta * A)
-    max_weight: float = 100.0
-    polyak: float = 0.005
+    discount: Probability = 0.99
+    expectile: Probability = 0.9
+    temperature: NonNegative = 10.0  # beta of the advantage weight exp(beta * A)
+    max_weight: Positive = 100.0
+    polyak: Probability = 0.005
     reward_shift: float = -1.0  # added to every reward (AntMaze: -1)
 
 

@@ -22,6 +22,7 @@ from minari.utils import parse_dataset_id
 from tqdm import tqdm
 
 from trajectory_transformer import antmaze, behavior, gridworld, mazes
+from trajectory_transformer.config import Count, Natural, Probability
 from trajectory_transformer.errors import PipelineError
 
 QUALITIES = ("random", "medium", "medium-replay", "expert", "medium-expert")
@@ -46,11 +47,11 @@ class FetchSpec:
     generator: Literal["pointmaze", "pointmaze-goals", "reacher", "minigrid"] | None = None
     maze: str | None = None
     quality: str | None = None
-    transitions: int | None = None  # pointmaze: length of the one continuing run
-    episodes: int | None = None  # reacher: episodes per quality; pointmaze-goals, minigrid: episodes
-    random_action_probability: float = 0.25  # minigrid: each step acts uniformly at random with this probability
-    reference_episodes: int = 50  # episodes of the random and expert policies for ref scores
-    seed: int = 0
+    transitions: Count | None = None  # pointmaze: length of the one continuing run
+    episodes: Count | None = None  # reacher: episodes per quality; pointmaze-goals, minigrid: episodes
+    random_action_probability: Probability = 0.25  # minigrid: each step acts uniformly at random with this probability
+    reference_episodes: Count = 50  # episodes of the random and expert policies for ref scores
+    seed: Natural = 0
 
     def check(self, where: str) -> None:
         def need(field, why):
@@ -412,8 +413,8 @@ class ObservationSpec:
 
     task: Literal["offline-rl", "fixed-goal", "goal-conditioned", "goal-reaching"] = "offline-rl"
     observation_keys: list[str] | None = None
-    observation_dims: int | None = None
-    goal_dims: list[int] | None = None  # goal-reaching: dims of the flat observation that make the goal
+    observation_dims: Count | None = None
+    goal_dims: list[Natural] | None = None  # goal-reaching: dims of the flat observation that make the goal
     goal_key: str | None = None  # goal-reaching: the observation key with the desired goal at evaluation
     map_key: str | None = None
 

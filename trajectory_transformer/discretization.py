@@ -27,6 +27,7 @@ from typing import Literal
 
 import numpy as np
 
+from trajectory_transformer.config import Count
 from trajectory_transformer.errors import PipelineError
 
 FORMAT = "trajectory-transformer-discretizer/2"
@@ -37,7 +38,7 @@ class DiscretizeSpec:
     """The `discretize` section of params.yaml: one discretizer per dataset and kind."""
 
     kinds: list[Literal["quantile", "uniform"]] = dataclasses.field(default_factory=lambda: ["quantile"])
-    n_bins: int = 100
+    n_bins: Count = 100
     reconstruction: Literal["bin-mean", "midpoint"] = "bin-mean"
 
 

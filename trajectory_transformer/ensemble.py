@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from trajectory_transformer.config import Count, NonNegative, Positive
 from trajectory_transformer.errors import PipelineError
 
 LOG_VAR_BOUNDS = (-10.0, 0.5)  # PETS's initial min / max log-variance, in standardized target units
@@ -37,13 +38,13 @@ LOG_EVERY = 100  # updates between progress-bar refreshes (the loop's only host 
 class EnsembleSpec:
     """Hyperparameters of the ensemble and its fit; defaults follow PETS / MBPO."""
 
-    members: int = 5
-    hidden: list[int] = field(default_factory=lambda: [200, 200, 200, 200])  # MBPO's 4 x 200
-    learning_rate: float = 1e-3  # PETS's Adam step size
+    members: Count = 5
+    hidden: list[Count] = field(default_factory=lambda: [200, 200, 200, 200])  # MBPO's 4 x 200
+    learning_rate: Positive = 1e-3  # PETS's Adam step size
     # L2 on weights (not biases). PETS/MBPO use 2.5e-5 .. 1e-4 per layer; mbrl-lib one 5e-5.
-    weight_decay: float = 5e-5
-    batch_size: int = 256  # MBPO (PETS used 32)
-    updates: int = 5000
+    weight_decay: NonNegative = 5e-5
+    batch_size: Count = 256  # MBPO (PETS used 32)
+    updates: Count = 5000
 
 
 class GaussianEnsemble(nn.Module):

@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from trajectory_transformer import antmaze, gridworld, mazes
+from trajectory_transformer.config import Count, Natural
 from trajectory_transformer.datasets import DatasetSpec, flatten_observations, normalized_score, open_dataset, reference_returns
 from trajectory_transformer.critic import OfflineAgent
 from trajectory_transformer.discretization import Discretizer
@@ -34,11 +35,11 @@ from trajectory_transformer.reporting import mean_and_stderr
 class EvaluateSpec:
     """The `evaluate` section of params.yaml."""
 
-    episodes: int = 3  # per trained model (the paper: 3 for each of 5 models)
-    seed: int = 0
-    max_episode_steps: int | None = None  # a cap below the environment's own limit, for CPU budgets
+    episodes: Count = 3  # per trained model (the paper: 3 for each of 5 models)
+    seed: Natural = 0
+    max_episode_steps: Count | None = None  # a cap below the environment's own limit, for CPU budgets
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    cpu_threads: int = 2
+    cpu_threads: Count = 2
 
 
 @dataclass

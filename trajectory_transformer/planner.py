@@ -46,10 +46,11 @@ for the kept beams alone (before it only for the V critic, which reads that obse
 """
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Annotated, Literal, Protocol
 
 import torch
 
+from trajectory_transformer.config import Count, Probability, Range
 from trajectory_transformer.discretization import Discretizer
 from trajectory_transformer.errors import PipelineError
 from trajectory_transformer.model import TrajectoryTransformer, apply_rotary, rotary_tables, window_start
@@ -60,15 +61,17 @@ class PlannerSpec:
     """The `plan` section of params.yaml (published system §4 defaults)."""
 
     mode: Literal["reward", "likelihood", "beam"] = "reward"
-    horizon: int = 15
-    beam_width: int = 128
-    n_expand: int = 2
-    context: int = 5  # transitions of history before the current observation
-    action_cdf: float | None = 0.6  # drop the least likely tokens holding this much mass
-    action_top_k: int | None = None  # or sample among the k most likely (the appendix: 20)
-    observation_top_k: int = 1
-    discount: float = 0.99
-    replan_every: int = 1
+    horizon: Count = 15
+    beam_width: Count = 128
+    n_expand: Count = 2
+    # transitions of history before the current observation; a window of one transition cannot
+    # see a value's own transition
+    context: Annotated[int, Range(low=2)] = 5
+    action_cdf: Probability | None = 0.6  # drop the least likely tokens holding this much mass
+    action_top_k: Count | None = None  # or sample among the k most likely (the appendix: 20)
+    observation_top_k: Count = 1
+    discount: Probability = 0.99
+    replan_every: Count = 1
     cached: bool = True
     critic_score: Literal["q", "v"] = "q"  # how a critic (TT+Q) scores candidates: see the module docstring
     distinct_candidates: bool = True  # drop duplicate candidates; false keeps them, as the published code does
@@ -88,9 +91,6 @@ class PlannerSpec:
                                 "transitions (learned positions): lower it or retrain with a longer sequence.window")
         if self.observation_top_k != 1:
             raise PipelineError("params plan.observation_top_k: only greedy observation decoding (1) is implemented")
-        if min(self.horizon, self.beam_width, self.n_expand, self.replan_every) < 1 or self.context < 2:
-            raise PipelineError("params plan.horizon, beam_width, n_expand and replan_every must be at least 1, "
-                                "plan.context at least 2 (a window of one transition cannot see a value's own transition)")
         if self.replan_every > self.horizon:
             raise PipelineError(f"params plan.replan_every {self.replan_every} exceeds the horizon {self.horizon}")
 

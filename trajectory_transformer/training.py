@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from trajectory_transformer import __version__
 from trajectory_transformer.artifacts import atomic_directory, file_hash, write_json, write_training_report
+from trajectory_transformer.config import Count, Natural, NonNegative, Positive, Probability
 from trajectory_transformer.datasets import Transitions
 from trajectory_transformer.discretization import Discretizer
 from trajectory_transformer.errors import PipelineError
@@ -43,10 +44,10 @@ VALIDATION_SPLIT_SEED = 0  # the same held-out paths for every training seed
 class ArchitectureSpec:
     """`train.model` in params.yaml."""
 
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.1
+    n_layer: Count = 4
+    n_head: Count = 4
+    n_embd: Count = 128
+    dropout: Probability = 0.1
     position_embedding: Literal["learned", "rotary"] = "learned"
 
 
@@ -54,36 +55,36 @@ class ArchitectureSpec:
 class OptimSpec:
     """`train.optim` in params.yaml."""
 
-    learning_rate: float = 6e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    batch_size: int = 256
-    epoch_scale: float = 50.0  # epochs = int(1e6 / windows * epoch_scale), as published
-    max_updates: int | None = None  # a cap for CPU-sized runs
-    warmup_updates: int | None = None  # null: one epoch, as published
-    final_lr_fraction: float = 0.1
+    learning_rate: Positive = 6e-4
+    betas: list[Probability] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: NonNegative = 0.1
+    grad_clip: Positive = 1.0
+    batch_size: Count = 256
+    epoch_scale: Positive = 50.0  # epochs = int(1e6 / windows * epoch_scale), as published
+    max_updates: Count | None = None  # a cap for CPU-sized runs
+    warmup_updates: Natural | None = None  # null: one epoch, as published
+    final_lr_fraction: Probability = 0.1
     # cosine: after warm-up, cosine decay over the rest of the run, reaching the floor at its end;
     # published: the authors' code, cosine over 20 epochs of warm-up-sized steps with progress
     # never clamped (it falls to the floor, stays there, and rises again past 24 epochs)
     lr_schedule: Literal["cosine", "published"] = "cosine"
-    observation_weight: float = 1.0
-    action_weight: float = 5.0
-    reward_weight: float = 1.0
-    value_weight: float = 1.0
+    observation_weight: NonNegative = 1.0
+    action_weight: NonNegative = 5.0
+    reward_weight: NonNegative = 1.0
+    value_weight: NonNegative = 1.0
 
 
 @dataclass
 class RunSpec:
     """`train.run` in params.yaml."""
 
-    validation_fraction: float = 0.05
-    validation_batches: int = 8
-    eval_every: int = 250
-    checkpoint_every: int = 250
-    log_every: int = 10
+    validation_fraction: Probability = 0.05
+    validation_batches: Count = 8
+    eval_every: Count = 250
+    checkpoint_every: Count = 250
+    log_every: Count = 10
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    cpu_threads: int = 2
+    cpu_threads: Count = 2
 
 
 @dataclass
@@ -97,15 +98,13 @@ class AblationSpec:
     observation dimension with that probability (drawn once, from `mask_seed`, so every seed and
     every model of the analysis sees the same partially observed environment)."""
 
-    history_transitions: int | None = None
+    history_transitions: Count | None = None
     hidden_probability: float = 0.0
-    mask_seed: int = 0
+    mask_seed: Natural = 0
 
     def sequence(self, sequence: SequenceSpec) -> SequenceSpec:
         if self.history_transitions is None:
             return sequence
-        if self.history_transitions < 1:
-            raise PipelineError(f"params analyze.ablations: history_transitions must be null or at least 1, got {self.history_transitions}")
         return dataclasses.replace(sequence, window=self.history_transitions + 1)
 
     def observed_dims(self, observation_dim: int) -> list[int]:
@@ -121,7 +120,7 @@ class AblationSpec:
 class TrainSpec:
     """The `train` section of params.yaml."""
 
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[Natural] = field(default_factory=lambda: [0])
     model: ArchitectureSpec = field(default_factory=ArchitectureSpec)
     optim: OptimSpec = field(default_factory=OptimSpec)
     run: RunSpec = field(default_factory=RunSpec)

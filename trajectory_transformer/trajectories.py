@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from trajectory_transformer.config import Count, Probability
 from trajectory_transformer.datasets import Transitions
 from trajectory_transformer.errors import PipelineError
 
@@ -18,10 +19,10 @@ from trajectory_transformer.errors import PipelineError
 class SequenceSpec:
     """The `sequence` section of params.yaml."""
 
-    discount: float = 0.99
+    discount: Probability = 0.99
     termination_penalty: float = -100.0
-    max_path_length: int = 1000
-    window: int = 10  # transitions per training window
+    max_path_length: Count = 1000
+    window: Count = 10  # transitions per training window
 
 
 def path_bounds(transitions: Transitions, max_path_length: int) -> list[tuple[int, int]]:
