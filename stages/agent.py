@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from trajectory_transformer.artifacts import folder_hash
+from trajectory_transformer.artifacts import verified_folder_hash
 from trajectory_transformer.cli import stage_command
 from trajectory_transformer.config import load_params, parse, section
 from trajectory_transformer.critic import AgentIdentity, BCSpec, IQLSpec, train_agent
@@ -28,8 +28,8 @@ def main(algorithm: str, dataset: str, seed: int, data_dir: Path, out_dir: Path,
     dataset_spec = parse(DatasetSpec, section(params, where), where)
     name = "critic" if algorithm == "iql" else "bc"
     spec = parse(IQLSpec if algorithm == "iql" else BCSpec, section(params, name), name)
+    identity = AgentIdentity(dataset=dataset, dataset_sha256=verified_folder_hash(data_dir, "dataset"), algorithm=algorithm, seed=seed)
     transitions = load_transitions(data_dir, dataset_spec.observation, where)
-    identity = AgentIdentity(dataset=dataset, dataset_sha256=folder_hash(data_dir), algorithm=algorithm, seed=seed)
     train_agent(transitions, spec, identity, out_dir, report_dir, checkpoint)
 
 

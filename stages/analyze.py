@@ -18,7 +18,7 @@ from trajectory_transformer.analysis import (
     ORACLE, AnalyzeSpec, Curve, attention_maps, draw_attention, draw_compounding_error, feed_forward_curve, fit_feed_forward,
     held_out_paths, oracle_curve, transformer_curve,
 )
-from trajectory_transformer.artifacts import atomic_directory, folder_hash, write_json
+from trajectory_transformer.artifacts import atomic_directory, verified_folder_hash, write_json
 from trajectory_transformer.cli import stage_command
 from trajectory_transformer.config import load_params, parse, section
 from trajectory_transformer.datasets import DatasetSpec, load_transitions, open_dataset
@@ -70,7 +70,7 @@ def main(dataset: str, seed: int, data_dir: Path, discretizer_dir: Path, model_d
     if device.type == "cpu":
         torch.set_num_threads(spec.cpu_threads)
     discretizer = Discretizer.load(discretizer_dir / "discretizer.json")
-    dataset_sha256 = folder_hash(data_dir)
+    dataset_sha256 = verified_folder_hash(data_dir, "dataset")
     paths = joined_paths(load_transitions(data_dir, dataset_spec.observation, where), sequence)
     training, validation = validation_split(len(paths), train_spec.run.validation_fraction)
     starts = held_out_paths(paths, validation, spec.starts, spec.horizon)

@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from trajectory_transformer.artifacts import atomic_directory, folder_hash, write_json
+from trajectory_transformer.artifacts import atomic_directory, verified_folder_hash, write_json
 from trajectory_transformer.cli import stage_command
 from trajectory_transformer.config import load_params, parse, section
 from trajectory_transformer.datasets import DatasetSpec, load_transitions
@@ -25,12 +25,13 @@ def main(dataset: str, kind: str, data_dir: Path, out_dir: Path) -> None:
     dataset_spec = parse(DatasetSpec, section(params, where), where)
     sequence = parse(SequenceSpec, section(params, "sequence"), "sequence")
     spec = parse(DiscretizeSpec, section(params, "discretize"), "discretize")
+    dataset_sha256 = verified_folder_hash(data_dir, "dataset")
     transitions = load_transitions(data_dir, dataset_spec.observation, where)
     joined = np.concatenate(joined_paths(transitions, sequence))
     discretizer = Discretizer.fit(
         joined, kind, spec, transitions.observations.shape[1], transitions.actions.shape[1]
     )
-    discretizer.dataset_sha256 = folder_hash(data_dir)
+    discretizer.dataset_sha256 = dataset_sha256
     with atomic_directory(out_dir) as scratch:
         digest = discretizer.save(scratch / "discretizer.json")
         write_json(scratch / "summary.json", {

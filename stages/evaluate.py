@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import torch
 
-from trajectory_transformer.artifacts import atomic_directory, file_hash, folder_hash, write_json
+from trajectory_transformer.artifacts import atomic_directory, file_hash, verified_folder_hash, write_json
 from trajectory_transformer.cli import stage_command
 from trajectory_transformer.config import load_params, parse, section
 from trajectory_transformer.critic import load_agent
@@ -59,7 +59,7 @@ def main(dataset: str, seed: int, data_dir: Path, model_dir: Path | None, discre
     device = resolve_device(spec.device)
     if device.type == "cpu":
         torch.set_num_threads(spec.cpu_threads)
-    dataset_sha256 = folder_hash(data_dir)
+    dataset_sha256 = verified_folder_hash(data_dir, "dataset")
     if policy_dir is not None:
         policy, metadata = load_agent(policy_dir, device)
         check_trained_on(metadata, dataset_sha256, data_dir, policy_dir)

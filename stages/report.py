@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from trajectory_transformer import gridworld, mazes as maze_tasks  # noqa: E402
-from trajectory_transformer.artifacts import atomic_directory, write_json  # noqa: E402
+from trajectory_transformer.artifacts import atomic_directory, verified_folder_hash, write_json  # noqa: E402
 from trajectory_transformer.cli import stage_command  # noqa: E402
 from trajectory_transformer.config import load_params, parse, section  # noqa: E402
 from trajectory_transformer.datasets import DatasetSpec  # noqa: E402
@@ -56,6 +56,7 @@ def paths_figure(spec: DatasetSpec, episodes_file: Path, path: Path) -> None:
 
 
 def environment(data_dir: Path) -> str:
+    verified_folder_hash(data_dir, "dataset")
     metadata = json.loads((data_dir / "data" / "metadata.json").read_text())
     spec = json.loads(metadata.get("eval_env_spec") or metadata["env_spec"])
     return spec["id"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from trajectory_transformer.artifacts import file_hash, folder_hash
+from trajectory_transformer.artifacts import file_hash, verified_folder_hash
 from trajectory_transformer.cli import stage_command
 from trajectory_transformer.config import load_params, parse, section
 from trajectory_transformer.datasets import DatasetSpec, load_transitions
@@ -39,7 +39,7 @@ def main(dataset: str, seed: int, data_dir: Path, discretizer_dir: Path, model_d
     sequence = parse(SequenceSpec, section(params, "sequence"), "sequence")
     spec = parse(TrainSpec, section(params, "train"), "train")
     discretizer = Discretizer.load(discretizer_dir / "discretizer.json")
-    dataset_sha256 = folder_hash(data_dir)
+    dataset_sha256 = verified_folder_hash(data_dir, "dataset")
     if discretizer.dataset_sha256 != dataset_sha256:
         raise PipelineError(f"the discretizer in {discretizer_dir} was fitted on other data than {data_dir}: "
                             f"rerun `dvc repro discretize@{dataset}-{discretizer.kind}`")

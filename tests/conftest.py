@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "conf", "stages", "trajectory_transformer", ".dvc/config", ".dvcignore"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "conf", "stages", "trajectory_transformer", ".dvc/config", ".dvcignore", ".gitignore"]
 
 
 class Project:

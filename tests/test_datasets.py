@@ -152,7 +152,7 @@ def test_no_network_and_nothing_cached_leaves_no_output(tmp_path, monkeypatch):
 
 
 def test_params_of_the_wrong_type_are_named():
-    with pytest.raises(PipelineError, match=r"datasets.x.fetch.episodes: expected an integer or null, got 'ten'"):
+    with pytest.raises(PipelineError, match=r"datasets.x.fetch.episodes: expected an integer >= 1 or null, got 'ten'"):
         parse(DatasetSpec, {"fetch": {"source": "generate", "episodes": "ten"}}, "datasets.x")
     with pytest.raises(PipelineError, match=r"datasets.x.fetch.source: expected one of 'minari', 'generate', got 'web'"):
         parse(DatasetSpec, {"fetch": {"source": "web"}}, "datasets.x")

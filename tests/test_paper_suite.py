@@ -4,6 +4,7 @@ offline dress rehearsal of its whole DAG (`pytest -k rehearsal`)."""
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -105,6 +106,15 @@ def test_local_root_is_used_without_contacting_a_server(root, tmp_path, monkeypa
     with pytest.raises(PipelineError, match=f"not in the local Minari root {empty}") as error:
         datasets.fetch(FetchSpec(source="minari", minari_id="mujoco/hopper/medium-v0"), "hopper-medium", tmp_path / "none")
     assert "\n" not in str(error.value) and not (tmp_path / "none").exists()
+    # a copy that lost episodes is not what Minari's own metadata records
+    partial = tmp_path / "partial-root"
+    shutil.copytree(standin(root, "mujoco/hopper/medium-v0"), partial / "mujoco/hopper/medium-v0")
+    metadata = partial / "mujoco/hopper/medium-v0/data/metadata.json"
+    recorded = json.loads(metadata.read_text())
+    metadata.write_text(json.dumps({**recorded, "total_steps": recorded["total_steps"] + 1}))
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(partial))
+    with pytest.raises(PipelineError, match="holds total_steps .* where its metadata records"):
+        datasets.fetch(FetchSpec(source="minari", minari_id="mujoco/hopper/medium-v0"), "hopper-medium", tmp_path / "partial")
 
 
 def test_midpoint_and_the_published_settings_hold_in_the_paper_suite(project):

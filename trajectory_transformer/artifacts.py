@@ -1,4 +1,6 @@
-"""Atomic writes: a stage killed midway leaves nothing that could pass for a finished output."""
+"""Atomic writes: a stage killed midway leaves nothing that could pass for a finished output.
+Folder manifests: a folder written by a stage records the SHA-256 of each of its files, and a
+stage that reads it checks them first, so a corrupted or edited input is refused, not used."""
 
 import contextlib
 import hashlib
@@ -7,6 +9,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from trajectory_transformer.errors import PipelineError
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "trajectory-transformer-manifest/1"
 
 
 @contextlib.contextmanager
@@ -44,13 +51,40 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def folder_hash(path: Path) -> str:
-    """SHA-256 over a folder's relative file names and contents, in sorted order."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
-        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        digest.update(file_hash(file).encode())
-    return digest.hexdigest()
+def file_hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under `folder` but its manifest, by relative path."""
+    return {f.relative_to(folder).as_posix(): file_hash(f) for f in sorted(Path(folder).rglob("*"))
+            if f.is_file() and f.relative_to(folder).as_posix() != MANIFEST}
+
+
+def write_manifest(folder: Path) -> None:
+    write_json(Path(folder) / MANIFEST, {"format": MANIFEST_FORMAT, "files": file_hashes(folder)})
+
+
+def verified_folder_hash(folder: Path, what: str) -> str:
+    """The hash of `folder` (that of its manifest) once every file matches its manifest; else
+    one line naming the file and the fix."""
+    folder = Path(folder)
+    fix = "restore it (`dvc checkout`, or `dvc pull`) or rebuild it (`dvc repro --force` of its stage)"
+    if not folder.is_dir():
+        raise PipelineError(f"no {what} at {folder}: run its stage (`dvc repro`) or `dvc pull`")
+    manifest = folder / MANIFEST
+    try:
+        content = json.loads(manifest.read_text())
+        recorded = content["files"] if isinstance(content, dict) and content.get("format") == MANIFEST_FORMAT else None
+    except FileNotFoundError:
+        raise PipelineError(f"{what} {folder} has no {MANIFEST}, so it was not written by this pipeline's stage: {fix}") from None
+    except ValueError:
+        recorded = None
+    if not isinstance(recorded, dict):
+        raise PipelineError(f"{manifest} is corrupt or not a {MANIFEST_FORMAT} file: {fix}")
+    found = file_hashes(folder)
+    for name in sorted(set(recorded) | set(found)):
+        if name not in found:
+            raise PipelineError(f"{what} {folder} lacks {name}: {fix}")
+        if found[name] != recorded.get(name):
+            raise PipelineError(f"{folder / name} differs from what its stage wrote (SHA-256 mismatch: corrupted or edited): {fix}")
+    return file_hash(manifest)
 
 
 def write_training_report(report_dir: Path, metrics: dict, history: list[dict]) -> None:

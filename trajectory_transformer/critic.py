@@ -38,7 +38,7 @@ from trajectory_transformer.errors import PipelineError
 from trajectory_transformer.weights import load_checkpoint, load_weights, resolve_device, save_checkpoint, save_weights, use_cpu_threads
 
 CHECKPOINT_FORMAT = "offline-agent-checkpoint/1"
-AGENT_FORMAT = "offline-agent/1"
+AGENT_FORMAT = "offline-agent/2"  # /2: the file records its own SHA-256
 LOG_STD_RANGE = (-20.0, 2.0)
 
 

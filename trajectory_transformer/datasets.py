@@ -22,6 +22,7 @@ from minari.utils import parse_dataset_id
 from tqdm import tqdm
 
 from trajectory_transformer import antmaze, behavior, gridworld, mazes
+from trajectory_transformer.artifacts import write_manifest
 from trajectory_transformer.config import Count, Natural, Probability
 from trajectory_transformer.errors import PipelineError
 
@@ -136,6 +137,7 @@ def fetch(spec: FetchSpec, name: str, out_dir: Path) -> None:
                 built = generate_minigrid(spec, name)
             else:
                 built = generate_reacher(spec, name)
+        write_manifest(built)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(built, out_dir)
@@ -153,9 +155,13 @@ def download(minari_ids: str | list[str], name: str, local_root: Path) -> Path:
         local = Path(local_root) / dataset_id
         if (local / "data" / "metadata.json").exists():
             shutil.copytree(local, minari.storage.get_dataset_path(dataset_id))
+            check_minari_records(dataset_id)
             continue
         try:
             minari.download_dataset(dataset_id)
+            check_minari_records(dataset_id)
+        except PipelineError:
+            raise
         except Exception as error:
             raise PipelineError(
                 f"dataset {dataset_id} is not in the local Minari root {local_root} (MINARI_DATASETS_PATH) and could not "
@@ -166,6 +172,22 @@ def download(minari_ids: str | list[str], name: str, local_root: Path) -> Path:
     if len(ids) == 1:
         return minari.storage.get_dataset_path(ids[0])
     return combine([minari.load_dataset(i) for i in ids], name)
+
+
+def check_minari_records(dataset_id: str) -> None:
+    """A Minari dataset holds the episodes, steps and megabytes its metadata records (a
+    truncated download or copy does not)."""
+    dataset = minari.load_dataset(dataset_id)
+    metadata = dataset.storage.metadata
+    episodes = list(dataset.iterate_episodes())
+    found = {"total_episodes": len(episodes), "total_steps": sum(len(e.actions) for e in episodes),
+             "dataset_size": dataset.storage.get_size()}
+    # the size is in MB rounded to 0.1, measured before Minari added it to its own metadata file
+    tolerance = {"dataset_size": max(0.2, 0.01 * float(metadata.get("dataset_size") or 0))}
+    wrong = [key for key, value in found.items() if key in metadata and abs(metadata[key] - value) > tolerance.get(key, 0)]
+    if wrong:
+        raise PipelineError(f"Minari dataset {dataset_id} holds {wrong[0]} {found[wrong[0]]} where its metadata records "
+                            f"{metadata[wrong[0]]}: the copy is incomplete; delete it from the Minari root and download it again")
 
 
 def combine(datasets: list, name: str) -> Path:

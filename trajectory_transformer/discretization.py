@@ -15,7 +15,8 @@ cannot tell reaching the goal from not reaching it, and the published midpoint d
 as 0.5. Edges of such a column sit at the values themselves (bin i = [u_i, u_i+1) holds u_i
 alone; the top value fills the last bin), so the value of a bin is its left edge.
 
-The artifact is a small JSON file: safe to load from an untrusted remote, readable by eye.
+The artifact is a small JSON file: safe to load from an untrusted remote, readable by eye. It
+records the SHA-256 of its own content, checked on load: an edited or corrupted file is refused.
 """
 
 import dataclasses
@@ -30,7 +31,11 @@ import numpy as np
 from trajectory_transformer.config import Count
 from trajectory_transformer.errors import PipelineError
 
-FORMAT = "trajectory-transformer-discretizer/2"
+FORMAT = "trajectory-transformer-discretizer/3"  # /3: the file records its own SHA-256
+
+
+def content_digest(content: dict) -> str:
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass
@@ -169,18 +174,25 @@ class Discretizer:
         }
 
     def save(self, path: Path) -> str:
-        """Write the JSON artifact; returns its content hash."""
-        text = json.dumps(self.to_dict(), indent=1)
+        """Write the JSON artifact; returns its file's hash."""
+        content = self.to_dict()
+        text = json.dumps({**content, "sha256": content_digest(content)}, indent=1)
         Path(path).write_text(text)
         return hashlib.sha256(text.encode()).hexdigest()
 
     @classmethod
     def load(cls, path: Path) -> "Discretizer":
         path = Path(path)
+        restore = "restore it (`dvc checkout`, or `dvc pull`) or rerun its discretize stage (`dvc repro --force`)"
         try:
             content = json.loads(path.read_text())
-            if content.get("format") != FORMAT:
-                raise ValueError(f"format {content.get('format')!r}")
+            if not isinstance(content, dict) or content.get("format") != FORMAT:
+                found = content.get("format") if isinstance(content, dict) else type(content).__name__
+                raise PipelineError(f"discretizer {path} is not a {FORMAT} file (found {found!r}): {restore}")
+            recorded = content.pop("sha256", None)
+            if recorded != content_digest(content):
+                raise PipelineError(f"discretizer {path} differs from what its stage wrote (SHA-256 mismatch: corrupted "
+                                    f"or edited): {restore}")
             edges = np.asarray(content["edges"], dtype=np.float64)
             categorical = np.zeros(edges.shape[0], dtype=bool)
             categorical[np.asarray(content["categorical"], dtype=np.int64)] = True
@@ -196,9 +208,9 @@ class Discretizer:
             )
         except FileNotFoundError:
             raise PipelineError(f"no discretizer at {path}: run `dvc repro` for its discretize stage") from None
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
-            raise PipelineError(f"discretizer {path} is corrupt ({error}); delete it and rerun `dvc repro`") from None
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as error:  # (invalid JSON is a ValueError)
+            raise PipelineError(f"discretizer {path} is corrupt ({type(error).__name__}): {restore}") from None
         if discretizer.edges.ndim != 2 or discretizer.bin_means.shape != (discretizer.transition_dim, discretizer.n_bins):
-            raise PipelineError(f"discretizer {path} is corrupt (inconsistent shapes); delete it and rerun `dvc repro`")
+            raise PipelineError(f"discretizer {path} is corrupt (inconsistent shapes): {restore}")
         return discretizer
 

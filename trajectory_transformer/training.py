@@ -36,7 +36,7 @@ from trajectory_transformer.trajectories import SequenceSpec, joined_paths
 from trajectory_transformer.weights import load_checkpoint, load_weights, resolve_device, save_checkpoint, save_weights, use_cpu_threads
 
 CHECKPOINT_FORMAT = "trajectory-transformer-checkpoint/1"
-MODEL_FORMAT = "trajectory-transformer-model/1"
+MODEL_FORMAT = "trajectory-transformer-model/2"  # /2: the file records its own SHA-256
 VALIDATION_SPLIT_SEED = 0  # the same held-out paths for every training seed
 
 
