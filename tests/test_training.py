@@ -1,4 +1,5 @@
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -13,7 +14,7 @@ import torch
 from toy_training import SEQUENCE, run, toy_setup, toy_spec, toy_transitions
 from trajectory_transformer.datasets import Transitions
 from trajectory_transformer.errors import PipelineError
-from trajectory_transformer.training import OptimSpec, RunIdentity, learning_rate, load_model, tokenize_paths, train
+from trajectory_transformer.training import CHECKPOINT_FORMAT, OptimSpec, RunIdentity, learning_rate, load_model, tokenize_paths, train
 
 HERE = Path(__file__).parent
 
@@ -83,6 +84,24 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
     run(interrupted, max_updates=400, checkpoint_every=20, dropout=0.1)
     assert (interrupted / "model/model.safetensors").read_bytes() == (tmp_path / "whole/model/model.safetensors").read_bytes()
     assert not (interrupted / "checkpoint.pt").exists()
+
+
+def test_a_checkpoint_of_another_run_is_ignored(tmp_path):
+    run(tmp_path / "whole", max_updates=30)
+    (tmp_path / "resumed").mkdir()
+    torch.save({"format": CHECKPOINT_FORMAT, "fingerprint": "0" * 64, "update": 20, "history": [], "model": {},
+                "optimizer": {}, "running": {"sum": 0.0, "count": 0}, "cpu_rng": torch.get_rng_state()},
+               tmp_path / "resumed/checkpoint.pt")  # another run's: other data, params or seed
+    run(tmp_path / "resumed", max_updates=30)
+    assert (tmp_path / "resumed/model/model.safetensors").read_bytes() == (tmp_path / "whole/model/model.safetensors").read_bytes()
+
+
+def test_cpu_kernels_are_pinned_to_avx2_so_results_hold_across_x86_machines():
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the pin is for x86-64")
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+    probe = "import torch, trajectory_transformer; print(torch.backends.cpu.get_cpu_capability())"
+    assert subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout.strip() == "AVX2"
 
 
 def test_ddp_on_two_gloo_processes_follows_the_single_process_curve(tmp_path):
