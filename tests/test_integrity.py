@@ -2,9 +2,13 @@
 corrupted, truncated, edited or foreign file is refused in one line, through the stage commands."""
 
 import json
+import random
 import shutil
+import signal
 import struct
+import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -130,3 +134,42 @@ def test_a_checkpoint_that_would_run_code_is_refused_unrun(built):
                        "--checkpoint", str(checkpoint), check=False)
     refused(result, "checkpoint.pt is corrupt or truncated (UnpicklingError)")
     assert not marker.exists() and not (built.path / "scratch/model").exists()
+
+
+def files(folder) -> dict[str, bytes]:
+    """A folder's content, but the .gitignore files DVC writes beside outputs."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".gitignore"}
+
+
+KILLABLE = {  # a stage command writing its outputs (the second item) into OUT
+    "fetch": (["stages.fetch", "--dataset", "reacher-medium", "--out", "OUT/data", "--metrics", "OUT/metrics.json"],
+              ["data", "metrics.json"]),
+    "discretize": (["stages.discretize", "--dataset", "reacher-medium", "--kind", "quantile", "--data", DATA, "--out", "OUT/d"], ["d"]),
+    "bc": (["stages.agent", "--algorithm", "bc", "--dataset", "reacher-medium", "--seed", "0", "--data", DATA, "--out", "OUT/agent",
+            "--report", "OUT/report", "--checkpoint", "OUT/checkpoint.pt"], ["agent", "report"]),
+    "evaluate": (["stages.evaluate", "--dataset", "reacher-medium", "--seed", "0", "--data", DATA, "--discretizer", DISCRETIZER,
+                  "--model", MODEL, "--out", "OUT/episodes", "--timing", "OUT/timing.json"], ["episodes"]),
+}
+
+
+@pytest.mark.parametrize("stage", sorted(KILLABLE))
+def test_a_stage_killed_midway_leaves_no_output_and_its_rerun_is_identical(built, stage):
+    """Killed at a seeded random point of an uninterrupted run's duration, then rerun (bc resumes)."""
+    command, outputs = KILLABLE[stage]
+
+    def argv(out):
+        return [sys.executable, "-m", *(a.replace("OUT", str(out)) for a in command)]
+
+    whole, killed = built.path / "scratch" / f"whole-{stage}", built.path / "scratch" / f"killed-{stage}"
+    start = time.perf_counter()
+    built.run(*argv(whole))
+    duration = time.perf_counter() - start
+    process = subprocess.Popen(argv(killed), cwd=built.path, env=built.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(random.Random(stage).uniform(0.4, 0.8) * duration)
+    process.send_signal(signal.SIGKILL)
+    if process.wait() == -signal.SIGKILL:
+        assert not any((killed / name).exists() for name in outputs), "a killed stage left an output behind"
+    built.run(*argv(killed))
+    for name in outputs:
+        assert (files(killed / name) if (whole / name).is_dir() else (killed / name).read_bytes()) == \
+            (files(whole / name) if (whole / name).is_dir() else (whole / name).read_bytes()), name
