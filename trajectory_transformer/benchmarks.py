@@ -1,11 +1,12 @@
 """Benchmark commands: figures printed as JSON, measured side by side in one run.
 
     tt-benchmark tokenize     # discretizer fit and tokenization throughput
-    tt-benchmark train-step   # one training step, our model vs a plain re-implementation
+    tt-benchmark train-step   # training steps, variant by variant (precision, compile, threads)
     tt-benchmark plan         # one planning call: the published algorithm vs ours, cached and batched
 """
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -59,74 +60,107 @@ def use_explicit_attention(model: TrajectoryTransformer) -> None:
         block.attn.explicit = True
 
 
-def step_figures(variant: str, device: str, batch: int, steps: int) -> dict:
-    """Tokens per second and peak memory of `steps` training steps of a hopper-sized model."""
+SIZES = {  # (model, batch): the published hopper model, and the offline suite's on Reacher's data
+    "hopper": (ModelConfig(observation_dim=11, action_dim=3, n_bins=100, window=10), 256),
+    "offline": (ModelConfig(observation_dim=10, action_dim=2, n_bins=100, window=10, n_layer=3, n_head=4, n_embd=96,
+                            position_embedding="rotary"), 64),
+}
+VARIANTS = {
+    "ours": "fused SDPA and (CUDA) fused AdamW with bf16 autocast",
+    "plain": "explicit masked attention, unfused AdamW",
+    "native-isa": "ours with CPU kernels free to use AVX-512 (the library pins AVX2 for reproducibility)",
+    "cpu-bf16": "ours with bf16 autocast on the CPU too, kernels free to use AVX-512 (BF16)",
+    "compile": "ours with the model under torch.compile",
+    "one-thread": "ours on one intra-op thread",
+}
+
+
+def step_figures(variant: str, size: str, device: str, steps: int) -> dict:
+    """Tokens per second, peak memory and mean loss of `steps` training steps on one fixed batch
+    (the same seed and batch for every variant, so their losses compare)."""
     device = torch.device(device)
-    config = ModelConfig(observation_dim=11, action_dim=3, n_bins=100, window=10)
+    config, batch = SIZES[size]
+    if variant == "one-thread":
+        torch.set_num_threads(1)
     torch.manual_seed(0)
     model = TrajectoryTransformer(config)
     if variant == "plain":
         use_explicit_attention(model)
     model.to(device).train()
-    ours = variant == "ours"
+    fused = variant != "plain"
     optimizer = torch.optim.AdamW(model.optimizer_groups(0.1), lr=6e-4, betas=(0.9, 0.95),
-                                  fused=ours and device.type == "cuda", foreach=None if ours else False)
-    tokens = torch.randint(0, 100, (batch, config.block_size + 1), device=device)
+                                  fused=fused and device.type == "cuda", foreach=None if fused else False)
+    forward = torch.compile(model) if variant == "compile" else model
+    tokens = torch.randint(0, 100, (batch, config.block_size + 1), device=device, generator=torch.Generator(device).manual_seed(1))
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     mask = torch.ones_like(targets, dtype=torch.float)
     weights = torch.tensor([1.0, 5.0, 1.0, 1.0], device=device)
     groups = target_groups(config, config.block_size, device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=ours and device.type == "cuda")
+    bf16 = (fused and device.type == "cuda") or variant == "cpu-bf16"
+    losses = torch.zeros((), device=device)
 
     def step():
-        with autocast:
-            logits = model(inputs)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = forward(inputs)
         loss = weighted_loss(token_losses(logits, targets), mask, weights, groups)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        return loss.detach()
 
-    step()  # warm-up: allocator, kernels
+    begun = time.perf_counter()
+    step()  # warm-up: allocator, kernels (and compilation)
+    warmup = time.perf_counter() - begun
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+        losses += step()
+    mean_loss = losses.item() / steps
     elapsed = time.perf_counter() - start
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"tokens_per_second": round(batch * config.block_size * steps / elapsed),
             "seconds_per_step": round(elapsed / steps, 4),
+            "first_step_seconds": round(warmup, 2),
+            "mean_loss": round(mean_loss, 4),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "peak_memory_mib": round(peak / 2**20, 1),
             "memory_measure": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS"}
 
 
 @main.command("train-step")
-@click.option("--batch", default=256, show_default=True)
+@click.option("--size", type=click.Choice(sorted(SIZES)), default="hopper", show_default=True,
+              help="hopper: the published model, batch 256; offline: the offline suite's model on Reacher, batch 64")
+@click.option("--variants", default="ours,plain", show_default=True, help=f"comma-separated, the first is the baseline: {', '.join(VARIANTS)}")
 @click.option("--steps", default=5, show_default=True)
 @click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default="cuda if available")
-@click.option("--variant", type=click.Choice(["ours", "plain"]), hidden=True)
-def train_step(batch: int, steps: int, device: str, variant: str | None) -> None:
-    """Hopper-sized model (transition 16, 10-transition windows): ours (fused SDPA, fused AdamW,
-    bf16 on CUDA) against explicit masked attention with an unfused optimizer. Each variant runs
-    in its own process so that peak memory is its own."""
+@click.option("--variant", type=click.Choice(sorted(VARIANTS)), hidden=True)
+def train_step(size: str, variants: str, steps: int, device: str, variant: str | None) -> None:
+    """Training steps of one model size, variant by variant, each in its own process (so that
+    peak memory, threads and kernel choice are its own), side by side in one run; speedups are
+    against the first variant. Variants: ours, plain, native-isa, cpu-bf16, compile, one-thread
+    (see VARIANTS in trajectory_transformer/benchmarks.py)."""
     if variant:
-        click.echo(json.dumps(step_figures(variant, device, batch, steps)))
+        click.echo(json.dumps(step_figures(variant, size, device, steps)))
         return
+    names = variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise click.BadParameter(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}", param_hint="--variants")
     figures = {}
-    for name in ("ours", "plain"):
+    for name in names:
         command = [sys.executable, "-m", "trajectory_transformer.benchmarks", "train-step", "--variant", name,
-                   "--batch", str(batch), "--steps", str(steps), "--device", device]
-        figures[name] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-    figures["speedup"] = round(figures["ours"]["tokens_per_second"] / figures["plain"]["tokens_per_second"], 2)
-    figures["memory_ratio"] = round(figures["plain"]["peak_memory_mib"] / figures["ours"]["peak_memory_mib"], 2)
-    figures.update(device=device, batch=batch, threads=torch.get_num_threads())
+                   "--size", size, "--steps", str(steps), "--device", device]
+        # the best the CPU has (torch falls back to what it supports)
+        native = {"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "ALL"} if name in ("native-isa", "cpu-bf16") else {}
+        result = subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ, **native})
+        figures[name] = json.loads(result.stdout.splitlines()[-1])
+        figures[name]["speedup"] = round(figures[name]["tokens_per_second"] / figures[names[0]]["tokens_per_second"], 2)
+    figures.update(size=size, batch=SIZES[size][1], device=device, threads=torch.get_num_threads())
     click.echo(json.dumps(figures, indent=2))
-
 
 
 @main.command("plan")
