@@ -23,7 +23,8 @@ from trajectory_transformer.datasets import DatasetSpec  # noqa: E402
 from trajectory_transformer.discretization import DiscretizeSpec  # noqa: E402
 from trajectory_transformer.evaluation import EvaluateSpec, ImitationSpec  # noqa: E402
 from trajectory_transformer.reporting import (  # noqa: E402
-    OTHER_PUBLISHED, PUBLISHED_AVERAGES, collect, interquartile_mean, method_folders, published_table, score_table,
+    OTHER_PUBLISHED, PUBLISHED_AVERAGES, Result, collect, interquartile_mean, method_folders, published_table,
+    score_table,
 )
 from trajectory_transformer.training import TrainSpec  # noqa: E402
 
@@ -53,6 +54,19 @@ def paths_figure(spec: DatasetSpec, episodes_file: Path, path: Path) -> None:
                              [e["success"] for e in episodes], path)
     else:
         maze_tasks.draw_paths(spec.fetch.maze, episodes, path)
+
+
+def floor_line(dataset: str, summary: dict) -> str:
+    """What the data's own episodes score, and doing nothing where the fetch stage measured it."""
+    line = f"- {dataset}: data (behaviour policy) {summary['normalized_score']:.1f}"
+    if "zero_action_normalized_score" in summary:
+        line += f"; zero actions (doing nothing) {summary['zero_action_normalized_score']:.1f}"
+    return line
+
+
+def row_metrics(result: Result, success_rated: bool) -> dict:
+    mean, stderr = result.cell(success_rated)
+    return {"mean": mean, "stderr": stderr, "seeds": result.seeds, "episodes": len(result.scores)}
 
 
 def environment(data_dir: Path) -> str:
@@ -142,6 +156,8 @@ def main(evaluations: Path, training: Path, datasets_metrics: Path, data: Path, 
               "`missing` = not evaluated (never counted as zero).", ""]
     if others:
         lines += ["## Normalized return (Table 1 layout)", "", score_table(results, others, methods_run(others), maze=False)]
+        lines += [floor_line(d, json.loads((datasets_metrics / f"{d}.json").read_text()))
+                  for d in others if (datasets_metrics / f"{d}.json").exists()] + [""]
     if mazes:
         lines += ["## Success rate × 100 (Table 2 layout)", "", score_table(results, mazes, methods_run(mazes), maze=True)]
         counts = [f"- {d}, {m}: {sum(r.successes)} of {len(r.successes)} episodes reached the goal"
@@ -158,7 +174,7 @@ def main(evaluations: Path, training: Path, datasets_metrics: Path, data: Path, 
                   "TT is the same model planning "
                   "for reward; the data row is the behaviour policy's own score.", "",
                   score_table(results, imitation_datasets, imitation_methods, maze=False)]
-        lines += [f"- {d}: data (behaviour policy) {json.loads((datasets_metrics / f'{d}.json').read_text())['normalized_score']:.1f}"
+        lines += [floor_line(d, json.loads((datasets_metrics / f"{d}.json").read_text()))
                   for d in imitation_datasets if (datasets_metrics / f"{d}.json").exists()] + [""]
     if goal_reaching:
         lines += ["## Goal reaching (paper section 4.2 and appendix F): goals reached × 100", "",
@@ -213,7 +229,7 @@ def main(evaluations: Path, training: Path, datasets_metrics: Path, data: Path, 
             if episodes_file.exists():
                 paths_figure(specs[dataset], episodes_file, scratch / f"paths-{dataset}.png")
     write_json(metrics, {
-        "score": {d: {m: results[d][m].cell(d in success_rated)[0] for m in results[d]} for d in results},
+        "score": {d: {m: row_metrics(results[d][m], d in success_rated) for m in results[d]} for d in results},
         "average": averages,
         "iqm": {m: v["iqm"] for m, v in iqm.items()},
     })

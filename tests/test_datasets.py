@@ -119,6 +119,24 @@ def test_reacher_qualities_are_ordered_by_mean_return(tmp_path):
     assert abs(scores["random"]) < 15 and scores["expert"] > 80
 
 
+def test_reacher_records_what_doing_nothing_scores(tmp_path):
+    """Zero actions cost no control, so their return is the fingertip distance alone (the env's
+    `reward_dist`, summed independently here): the floor every Reacher method must clear."""
+    import gymnasium as gym
+    spec = FetchSpec(source="generate", generator="reacher", quality="medium-expert", episodes=4, reference_episodes=5)
+    fetch(spec, "r", tmp_path / "r")
+    recorded = summary(tmp_path / "r")
+    env, distances = gym.make("Reacher-v5"), []
+    for episode in range(5):
+        env.reset(seed=episode)
+        for _ in range(50):
+            *_, info = env.step(np.zeros(2))
+            assert info["reward_ctrl"] == 0.0
+            distances.append(info["reward_dist"])
+    assert recorded["zero_action_return"] == pytest.approx(sum(distances) / 5, rel=1e-9)
+    assert recorded["reference_random_return"] < recorded["zero_action_return"] < recorded["reference_expert_return"]
+
+
 def test_reacher_expert_beats_random_by_a_wide_margin():
     env_rng = np.random.default_rng(0)
     import gymnasium as gym

@@ -49,7 +49,12 @@ def test_suite_switch_and_incremental_reruns(project):
     assert np.array(minigrid["episodes"][0]["map"]).shape == (25, 25)  # its map travels with each episode
     assert json.loads((project.path / "models/minigrid-multiroom/quantile/seed-0/config.json").read_text())["model_config"]["map_shape"] == [25, 25]
     assert not (project.path / "reports/evaluate/pointmaze-fourrooms/bc").exists()  # BC sees no goal: not run
-    assert "average" in json.loads((project.path / "reports/metrics.json").read_text())
+    summary = json.loads((project.path / "reports/metrics.json").read_text())
+    assert "average" in summary
+    row = summary["score"]["pointmaze-umaze"]["TT+Q (quantile)"]  # per row what `dvc exp show` compares
+    episodes = json.loads((project.path / "reports/evaluate/pointmaze-umaze/tt-q-quantile/seed-0/metrics.json").read_text())
+    assert row["mean"] == 100 * episodes["success_rate"] and row["seeds"] == 1 and row["episodes"] == episodes["episodes"]
+    assert "- reacher-medium: data (behaviour policy) " in report and "; zero actions (doing nothing) " in report
     shown = project.dvc("metrics", "show").stdout
     assert "reports/metrics.json" in shown and "reports/analyze/reacher-medium/quantile/seed-0.json" in shown
 

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from trajectory_transformer.errors import PipelineError
+from trajectory_transformer.errors import RESTORE_OR_REBUILD, PipelineError
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "trajectory-transformer-manifest/1"
@@ -65,7 +65,6 @@ def verified_folder_hash(folder: Path, what: str) -> str:
     """The hash of `folder` (that of its manifest) once every file matches its manifest; else
     one line naming the file and the fix."""
     folder = Path(folder)
-    fix = "restore it (`dvc checkout`, or `dvc pull`) or rebuild it (`dvc repro --force` of its stage)"
     if not folder.is_dir():
         raise PipelineError(f"no {what} at {folder}: run its stage (`dvc repro`) or `dvc pull`")
     manifest = folder / MANIFEST
@@ -73,17 +72,17 @@ def verified_folder_hash(folder: Path, what: str) -> str:
         content = json.loads(manifest.read_text())
         recorded = content["files"] if isinstance(content, dict) and content.get("format") == MANIFEST_FORMAT else None
     except FileNotFoundError:
-        raise PipelineError(f"{what} {folder} has no {MANIFEST}, so it was not written by this pipeline's stage: {fix}") from None
+        raise PipelineError(f"{what} {folder} has no {MANIFEST}, so it was not written by this pipeline's stage: {RESTORE_OR_REBUILD}") from None
     except ValueError:
         recorded = None
     if not isinstance(recorded, dict):
-        raise PipelineError(f"{manifest} is corrupt or not a {MANIFEST_FORMAT} file: {fix}")
+        raise PipelineError(f"{manifest} is corrupt or not a {MANIFEST_FORMAT} file: {RESTORE_OR_REBUILD}")
     found = file_hashes(folder)
     for name in sorted(set(recorded) | set(found)):
         if name not in found:
-            raise PipelineError(f"{what} {folder} lacks {name}: {fix}")
+            raise PipelineError(f"{what} {folder} lacks {name}: {RESTORE_OR_REBUILD}")
         if found[name] != recorded.get(name):
-            raise PipelineError(f"{folder / name} differs from what its stage wrote (SHA-256 mismatch: corrupted or edited): {fix}")
+            raise PipelineError(f"{folder / name} differs from what its stage wrote (SHA-256 mismatch: corrupted or edited): {RESTORE_OR_REBUILD}")
     return file_hash(manifest)
 
 

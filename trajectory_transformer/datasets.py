@@ -27,6 +27,7 @@ from trajectory_transformer.config import Count, Natural, Probability
 from trajectory_transformer.errors import PipelineError
 
 QUALITIES = ("random", "medium", "medium-replay", "expert", "medium-expert")
+ZERO_ACTION_KEY = "zero_action_return"  # dataset metadata: the reference episodes' return of all-zero actions
 
 # D4RL's reference returns (random, expert); the Minari locomotion datasets carry none.
 D4RL_REFERENCE_RETURNS = {
@@ -194,7 +195,7 @@ def combine(datasets: list, name: str) -> Path:
     """One dataset from several (D4RL's medium-expert), keeping their shared reference returns."""
     minari.storage.get_dataset_path(local_id(name)).parent.mkdir(parents=True, exist_ok=True)  # Minari makes no namespace folder
     combined = minari.combine_datasets(datasets, local_id(name))
-    references = {k: datasets[0].storage.metadata.get(k) for k in ("ref_min_score", "ref_max_score")}
+    references = {k: datasets[0].storage.metadata.get(k) for k in ("ref_min_score", "ref_max_score", ZERO_ACTION_KEY)}
     if all(d.storage.metadata.get(k) == v for d in datasets for k, v in references.items()):
         combined.storage.update_metadata({k: v for k, v in references.items() if v is not None})
     return minari.storage.get_dataset_path(local_id(name))
@@ -334,27 +335,24 @@ def reference_policy_returns(make_env, make_expert, episodes: int, random_action
     """(random, expert) mean returns over `episodes` seeded episodes. Seeded apart from the data
     (reference episode i resets with seed i), so every dataset of a task shares them.
     `random_action(rng, env)` for action spaces that are not [-1, 1] boxes."""
-    results = []
-    env = make_env()
-    for policy in ("random", "expert"):
-        rng = np.random.default_rng(episodes)
-        returns = []
-        for episode in range(episodes):
-            obs, _ = env.reset(seed=episode)
-            if policy == "expert":
-                act = make_expert(env, rng)
-            elif random_action is not None:
-                act = lambda _: random_action(rng, env)  # noqa: E731
-            else:
-                act = lambda _: behavior.uniform_random_action(rng, env.action_space.shape[0])  # noqa: E731
-            total, done = 0.0, False
-            while not done:
-                obs, reward, terminated, truncated, _ = env.step(act(obs))
-                total += reward
-                done = terminated or truncated
-            returns.append(total)
-        results.append(float(np.mean(returns)))
-    return results[0], results[1]
+    if random_action is None:
+        random_action = lambda rng, env: behavior.uniform_random_action(rng, env.action_space.shape[0])  # noqa: E731
+    random = policy_return(make_env, lambda env, rng: lambda _: random_action(rng, env), episodes)
+    return random, policy_return(make_env, make_expert, episodes)
+
+
+def policy_return(make_env, make_policy, episodes: int) -> float:
+    """Mean return of `make_policy(env, rng)` (a fresh one per episode) over the reference episodes."""
+    env, rng, returns = make_env(), np.random.default_rng(episodes), []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=episode)
+        act, total, done = make_policy(env, rng), 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(act(obs))
+            total += reward
+            done = terminated or truncated
+        returns.append(total)
+    return float(np.mean(returns))
 
 
 def generate_reacher(spec: FetchSpec, name: str) -> Path:
@@ -374,7 +372,7 @@ def generate_reacher(spec: FetchSpec, name: str) -> Path:
             obs, _, terminated, truncated, _ = collector.step(policy(obs).astype(np.float32))
             done = terminated or truncated
     low, high = reacher_reference_returns(spec.reference_episodes)
-    return create_dataset(
+    folder = create_dataset(
         collector,
         name,
         eval_env=None,
@@ -383,6 +381,10 @@ def generate_reacher(spec: FetchSpec, name: str) -> Path:
         ref_min_score=low,
         ref_max_score=high,
     )
+    # Doing nothing costs no control: it sets the floor a method must clear to have learned anything
+    zero = policy_return(lambda: gym.make("Reacher-v5"), lambda env, rng: lambda _: np.zeros(2), spec.reference_episodes)
+    minari.MinariDataset(folder / "data").storage.update_metadata({ZERO_ACTION_KEY: zero})
+    return folder
 
 
 def create_dataset(collector, name: str, **metadata) -> Path:
@@ -549,6 +551,7 @@ def summary(folder: Path) -> dict:
     dataset = open_dataset(folder)
     returns = [float(np.sum(episode.rewards)) for episode in dataset.iterate_episodes()]
     reference = reference_returns(dataset)
+    zero = dataset.storage.metadata.get(ZERO_ACTION_KEY)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return {
@@ -559,4 +562,6 @@ def summary(folder: Path) -> dict:
             "reference_random_return": reference[0],
             "reference_expert_return": reference[1],
             "reference_source": reference[2],
+            **({} if zero is None else {"zero_action_return": float(zero),
+                                        "zero_action_normalized_score": float(normalized_score(zero, reference))}),
         }

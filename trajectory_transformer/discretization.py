@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 
 from trajectory_transformer.config import Count
-from trajectory_transformer.errors import PipelineError
+from trajectory_transformer.errors import RESTORE_OR_REBUILD, PipelineError
 
 FORMAT = "trajectory-transformer-discretizer/3"  # /3: the file records its own SHA-256
 
@@ -183,16 +183,15 @@ class Discretizer:
     @classmethod
     def load(cls, path: Path) -> "Discretizer":
         path = Path(path)
-        restore = "restore it (`dvc checkout`, or `dvc pull`) or rerun its discretize stage (`dvc repro --force`)"
         try:
             content = json.loads(path.read_text())
             if not isinstance(content, dict) or content.get("format") != FORMAT:
                 found = content.get("format") if isinstance(content, dict) else type(content).__name__
-                raise PipelineError(f"discretizer {path} is not a {FORMAT} file (found {found!r}): {restore}")
+                raise PipelineError(f"discretizer {path} is not a {FORMAT} file (found {found!r}): {RESTORE_OR_REBUILD}")
             recorded = content.pop("sha256", None)
             if recorded != content_digest(content):
                 raise PipelineError(f"discretizer {path} differs from what its stage wrote (SHA-256 mismatch: corrupted "
-                                    f"or edited): {restore}")
+                                    f"or edited): {RESTORE_OR_REBUILD}")
             edges = np.asarray(content["edges"], dtype=np.float64)
             categorical = np.zeros(edges.shape[0], dtype=bool)
             categorical[np.asarray(content["categorical"], dtype=np.int64)] = True
@@ -209,8 +208,8 @@ class Discretizer:
         except FileNotFoundError:
             raise PipelineError(f"no discretizer at {path}: run `dvc repro` for its discretize stage") from None
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as error:  # (invalid JSON is a ValueError)
-            raise PipelineError(f"discretizer {path} is corrupt ({type(error).__name__}): {restore}") from None
+            raise PipelineError(f"discretizer {path} is corrupt ({type(error).__name__}): {RESTORE_OR_REBUILD}") from None
         if discretizer.edges.ndim != 2 or discretizer.bin_means.shape != (discretizer.transition_dim, discretizer.n_bins):
-            raise PipelineError(f"discretizer {path} is corrupt (inconsistent shapes): {restore}")
+            raise PipelineError(f"discretizer {path} is corrupt (inconsistent shapes): {RESTORE_OR_REBUILD}")
         return discretizer
 

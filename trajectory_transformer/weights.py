@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from trajectory_transformer.errors import PipelineError
+from trajectory_transformer.errors import RESTORE_OR_REBUILD, PipelineError
 
 HEADER_KEY = "trajectory_transformer"
 
@@ -87,19 +87,18 @@ def load_weights(path: Path, file_format: str, build) -> tuple[torch.nn.Module, 
     path = Path(path)
     if not path.exists():
         raise PipelineError(f"no weights at {path}: run the stage that makes them (`dvc repro`) or `dvc pull`")
-    restore = "restore it (`dvc checkout`, or `dvc pull`) or rebuild it (`dvc repro --force` of its stage)"
     try:
         with safe_open(path, framework="pt") as f:
             content = json.loads((f.metadata() or {}).get(HEADER_KEY, "{}"))
             state = {key: f.get_tensor(key) for key in f.keys()}
     except Exception as error:  # truncated, not a safetensors file, a header that is no JSON
-        raise PipelineError(f"{path} is corrupt or truncated ({type(error).__name__}): {restore}") from None
+        raise PipelineError(f"{path} is corrupt or truncated ({type(error).__name__}): {RESTORE_OR_REBUILD}") from None
     if not isinstance(content, dict) or content.get("format") != file_format:
         found = content.get("format") if isinstance(content, dict) else None
-        raise PipelineError(f"{path} is not a {file_format} file (found {found!r}): {restore}")
+        raise PipelineError(f"{path} is not a {file_format} file (found {found!r}): {RESTORE_OR_REBUILD}")
     header = {"format": content["format"], "metadata": content.get("metadata")}
     if content.get("sha256") != weights_digest(header, state):
-        raise PipelineError(f"{path} differs from what its stage wrote (SHA-256 mismatch: corrupted or edited): {restore}")
+        raise PipelineError(f"{path} differs from what its stage wrote (SHA-256 mismatch: corrupted or edited): {RESTORE_OR_REBUILD}")
     broken = next((key for key, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()), None)
     if broken is not None:
         raise PipelineError(f"{path} holds non-finite weights ({broken}): the run that wrote it diverged; retrain it "
