@@ -137,6 +137,7 @@ def main(evaluations: Path, training: Path, datasets_metrics: Path, data: Path, 
     critic_datasets = set(section(params, "critic.datasets"))
     imitation = parse(ImitationSpec, section(params, "imitation"), "imitation")
     imitation_datasets = [d for d in imitation.datasets if d in specs]
+    summaries = {d: json.loads((datasets_metrics / f"{d}.json").read_text()) for d in specs if (datasets_metrics / f"{d}.json").exists()}
     folders = method_folders(kinds)
     results = collect(evaluations, list(specs), folders, train.seeds)
     goal_reaching = [d for d in specs if is_goal_reaching(specs[d])]
@@ -156,8 +157,7 @@ def main(evaluations: Path, training: Path, datasets_metrics: Path, data: Path, 
               "`missing` = not evaluated (never counted as zero).", ""]
     if others:
         lines += ["## Normalized return (Table 1 layout)", "", score_table(results, others, methods_run(others), maze=False)]
-        lines += [floor_line(d, json.loads((datasets_metrics / f"{d}.json").read_text()))
-                  for d in others if (datasets_metrics / f"{d}.json").exists()] + [""]
+        lines += [floor_line(d, summaries[d]) for d in others if d in summaries] + [""]
     if mazes:
         lines += ["## Success rate × 100 (Table 2 layout)", "", score_table(results, mazes, methods_run(mazes), maze=True)]
         counts = [f"- {d}, {m}: {sum(r.successes)} of {len(r.successes)} episodes reached the goal"
@@ -174,8 +174,7 @@ def main(evaluations: Path, training: Path, datasets_metrics: Path, data: Path, 
                   "TT is the same model planning "
                   "for reward; the data row is the behaviour policy's own score.", "",
                   score_table(results, imitation_datasets, imitation_methods, maze=False)]
-        lines += [floor_line(d, json.loads((datasets_metrics / f"{d}.json").read_text()))
-                  for d in imitation_datasets if (datasets_metrics / f"{d}.json").exists()] + [""]
+        lines += [floor_line(d, summaries[d]) for d in imitation_datasets if d in summaries] + [""]
     if goal_reaching:
         lines += ["## Goal reaching (paper section 4.2 and appendix F): goals reached × 100", "",
                   "Held-out start/goal pairs (four rooms) or held-out maps (MiniGrid), never in the training data; "
@@ -203,8 +202,7 @@ def main(evaluations: Path, training: Path, datasets_metrics: Path, data: Path, 
               f"gymnasium {gym.__version__}, minari {minari.__version__}, torch {torch.__version__.split('+')[0]}",
               f"- seeds: {train.seeds}; episodes per seed: {evaluate.episodes}; evaluation seed: {evaluate.seed}"]
     for name, spec in specs.items():
-        summary_file = datasets_metrics / f"{name}.json"
-        reference = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+        reference = summaries.get(name, {})
         env = environment(data / name) if (data / name / "data" / "metadata.json").exists() else "?"
         lines.append(f"- {name}: {source(spec)}; environment `{env}`; normalization: random "
                      f"{reference.get('reference_random_return', float('nan')):.4g}, expert {reference.get('reference_expert_return', float('nan')):.4g} "
