@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from trajectory_transformer.analysis import (
-    CroppedDecoder, FeedForwardModel, bin_log_density, feed_forward_log_density, held_out_paths, oracle_log_density,
+    FeedForwardModel, bin_log_density, feed_forward_log_density, held_out_paths, oracle_log_density,
     transformer_marginals,
 )
 from trajectory_transformer.discretization import DiscretizeSpec, Discretizer
 from trajectory_transformer.errors import PipelineError
 from trajectory_transformer.model import ModelConfig, TrajectoryTransformer
-from trajectory_transformer.planner import CachedDecoder
+from trajectory_transformer.planner import make_decoder
 from trajectory_transformer.training import AblationSpec
 
 
@@ -57,18 +57,12 @@ def tiny_model(window=4):
 def logits_along(model, window: int, tokens: torch.Tensor, crop: bool) -> torch.Tensor:
     """Feed a transition-aligned (E, T) sequence after its first observation through the decoder
     the analysis uses (`crop` or sliding); the next-token logits before each token."""
-    D, N = model.config.transition_dim, model.config.observation_dim
-    if crop:
-        decoder = CroppedDecoder(model, window, tokens[:, :N])
-    else:
-        decoder = CachedDecoder(model, window, tokens[:, :N])
-        decoder.expand(1)
+    N = model.config.observation_dim
+    decoder = make_decoder(model, window, tokens[:, :N], cached=True, crop=crop)
     out = []
     for position in range(N, tokens.shape[1]):
         out.append(decoder.logits().reshape(tokens.shape[0], -1))
         decoder.append(tokens[:, position].reshape(-1, 1, 1))
-        if position % D == D - 1 and isinstance(decoder, CachedDecoder):
-            decoder.select(torch.zeros(tokens.shape[0], 1, dtype=torch.long), torch.zeros(tokens.shape[0], 1, dtype=torch.long))
     return torch.stack(out, dim=1)  # row i predicts token N + i
 
 

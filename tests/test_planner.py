@@ -50,9 +50,9 @@ def test_imitation_search_is_the_published_token_beam_search():
     spec = PlannerSpec(mode="beam", horizon=1, beam_width=V, context=3, cached=False)
     result = plan(model, discretizer, spec, prefix, torch.Generator().manual_seed(0))
     with torch.no_grad():
-        first = model(prefix, band=3)[:, -1].log_softmax(-1)[:, :V]  # (E, V): bins only, normalized as the model is
+        first = model(prefix, context=3)[:, -1].log_softmax(-1)[:, :V]  # (E, V): bins only, normalized as the model is
         pairs = torch.cat([prefix.repeat_interleave(V, 0), torch.arange(V).repeat(3)[:, None]], dim=1)
-        second = model(pairs, band=3)[:, -1].log_softmax(-1)[:, :V].view(3, V, V)
+        second = model(pairs, context=3)[:, -1].log_softmax(-1)[:, :V].view(3, V, V)
     total = first[:, :, None] + second
     best = total.flatten(1).argmax(-1)
     assert torch.equal(result.actions[:, 0], torch.stack([best // V, best % V], dim=-1))
@@ -241,7 +241,7 @@ class Handcrafted:
     config = ModelConfig(observation_dim=1, action_dim=1, n_bins=4, window=4, position_embedding="rotary")
     map_encoder = None
 
-    def __call__(self, tokens, goal=None, band=None, map_embedding=None):
+    def __call__(self, tokens, goal=None, context=None, map_embedding=None):
         impossible = 1e-13
         batch, length = tokens.shape
         probabilities = torch.full((batch, length, 5), impossible, dtype=torch.float64)

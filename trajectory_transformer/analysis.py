@@ -38,8 +38,8 @@ from trajectory_transformer.config import Count, Natural
 from trajectory_transformer.discretization import Discretizer
 from trajectory_transformer.ensemble import EnsembleSpec, GaussianEnsemble, fit_ensemble, gaussian_log_density
 from trajectory_transformer.errors import PipelineError
-from trajectory_transformer.model import TrajectoryTransformer, window_start
-from trajectory_transformer.planner import CachedDecoder, FullDecoder, sample
+from trajectory_transformer.model import TrajectoryTransformer
+from trajectory_transformer.planner import make_decoder, sample
 from trajectory_transformer.training import AblationSpec
 
 ORACLE = "discrete oracle"
@@ -92,33 +92,7 @@ def held_out_paths(paths: list[np.ndarray], validation: list[int], starts: int, 
 # The Transformer's marginals
 
 
-class CroppedDecoder:
-    """The published crop, cached: every token sees at most the last `window` transitions, each
-    re-encoded from the crop. The crop moves once per transition (at the value slot), so the
-    cache is rebuilt then: exact, and affordable for short windows (the Markovian ablation)."""
-
-    def __init__(self, model: TrajectoryTransformer, window: int, prefix: torch.Tensor):
-        self.model, self.window = model, window
-        self.tokens = prefix  # the crop only: it starts at a transition boundary
-        self._rebuild()
-
-    def _rebuild(self) -> None:
-        self.tokens = self.tokens[:, window_start(self.tokens.shape[1] - 1, self.window, self.model.config.transition_dim):]
-        self.inner = CachedDecoder(self.model, self.window, self.tokens)
-        self.inner.expand(1)
-
-    def logits(self) -> torch.Tensor:
-        return self.inner.logits()
-
-    def append(self, tokens: torch.Tensor) -> None:
-        self.tokens = torch.cat([self.tokens, tokens.reshape(-1, 1)], dim=1)
-        if self.tokens.shape[1] % self.model.config.transition_dim == 0:  # a value slot ended a transition
-            self._rebuild()
-        else:
-            self.inner.append(tokens)
-
-
-@torch.no_grad()
+@torch.inference_mode()
 def transformer_marginals(model: TrajectoryTransformer, first_observations: torch.Tensor, rollouts: int, horizon: int,
                           generator: torch.Generator, crop: bool, cached: bool = True,
                           progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,17 +108,10 @@ def transformer_marginals(model: TrajectoryTransformer, first_observations: torc
     config = model.config
     if config.goal_length:
         raise PipelineError("the analysis rolls out models without a goal prefix: analyze a dataset whose task is not goal-reaching")
-    cached = cached and config.position_embedding == "rotary"
     N, M, V = config.observation_dim, config.action_dim, config.n_bins
     S = first_observations.shape[0]
     rows = first_observations.repeat_interleave(rollouts, dim=0)  # one row per rollout: (S R, N)
-    if not cached:
-        decoder = FullDecoder(model, config.window, rows, None, crop=crop)
-    elif crop:
-        decoder = CroppedDecoder(model, config.window, rows)
-    else:
-        decoder = CachedDecoder(model, config.window, rows)
-        decoder.expand(1)
+    decoder = make_decoder(model, config.window, rows, cached, crop=crop)
     marginals = torch.zeros(S, horizon, N, V, device=rows.device)
     first_future = torch.zeros(S, horizon, N, dtype=torch.long, device=rows.device)
     for t in tqdm(range(horizon), desc="transformer rollouts", unit="step", disable=not progress, mininterval=1):
@@ -156,8 +123,6 @@ def transformer_marginals(model: TrajectoryTransformer, first_observations: torc
                 marginals[:, t, position - M - 2] = probabilities.mean(dim=1)
                 first_future[:, t, position - M - 2] = tokens[:, 0]
             decoder.append(tokens.view(S * rollouts, 1, 1))
-            if position == M + 1 and isinstance(decoder, CachedDecoder):  # a transition is complete
-                decoder.select(*(torch.zeros(S * rollouts, 1, dtype=torch.long, device=rows.device),) * 2)
     return marginals, first_future
 
 

@@ -103,12 +103,25 @@ class SelfAttention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         batch, _, length, _ = y.shape
-        return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(batch, length, -1)))
+        return self.project(y.transpose(1, 2).reshape(batch, length, -1))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, rotary=None) -> torch.Tensor:
+    def project(self, y: torch.Tensor) -> torch.Tensor:
+        return self.resid_dropout(self.proj(y))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rotary=None, cache: "LayerCache | None" = None) -> torch.Tensor:
+        """A sequence x (B, T, C) under `mask`; with a `cache`, its keys and values are kept (the
+        context of a search). Without a mask, one new token per candidate x (..., C) attends to
+        everything its `cache` holds, `rotary` being that token's rotations (query's pre-scaled)."""
+        if mask is None:
+            qkv = self.qkv(x).unflatten(-1, (3, self.n_head, -1))  # (..., 3, H, d)
+            q, k = apply_rotary(qkv[..., :2, :, :], rotary).unbind(-3)
+            cache.store(k, qkv[..., 2, :, :])
+            return self.project(cache.attend(q).flatten(-2))
         q, k, v = self.split_heads(x)
         if rotary is not None:
             q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
+        if cache is not None:
+            cache.store(k, v)
         return self.attend(q, k, v, mask)
 
 
@@ -131,8 +144,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, rotary=None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), mask, rotary)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rotary=None, cache: "LayerCache | None" = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask, rotary, cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -212,37 +225,41 @@ class TrajectoryTransformer(nn.Module):
         heads = self.heads[(first_position + torch.arange(hidden.shape[1], device=hidden.device)) % dims]
         return torch.einsum("btc,tvc->btv", hidden, heads)
 
-    def is_value(self, positions: torch.Tensor) -> torch.Tensor:
-        return positions % self.config.transition_dim == self.config.transition_dim - 1
-
-    def visible(self, query_positions: torch.Tensor, key_positions: torch.Tensor, band: int | None) -> torch.Tensor:
+    def visible(self, query_positions: torch.Tensor, key_positions: torch.Tensor, context: int | None) -> torch.Tensor:
         """(Q, K) boolean: which keys each query may attend to. Causal, never a value token, and
-        with `band` (transitions) only keys inside the query's window (`window_start`)."""
-        allowed = (key_positions[None, :] <= query_positions[:, None]) & ~self.is_value(key_positions)[None, :]
-        if band is not None:
-            allowed &= key_positions[None, :] >= window_start(query_positions, band, self.config.transition_dim)[:, None]
+        with a `context` (transitions) only keys inside the query's window (`window_start`)."""
+        allowed = (key_positions[None, :] <= query_positions[:, None]) & ~is_value(key_positions, self.config.transition_dim)[None, :]
+        if context is not None:
+            allowed &= key_positions[None, :] >= window_start(query_positions, context, self.config.transition_dim)[:, None]
         return allowed
 
-    def attention_mask(self, length: int, device, band: int | None = None) -> torch.Tensor:
+    def attention_mask(self, length: int, device, context: int | None = None) -> torch.Tensor:
         """(G + T, G + T) boolean mask of a forward pass; goal tokens are visible to everyone."""
         goal = self.config.goal_length
         positions = torch.arange(length, device=device)
-        sequence = self.visible(positions, positions, band)
+        sequence = self.visible(positions, positions, context)
         mask = torch.ones(goal + length, goal + length, dtype=torch.bool, device=device).tril()
         mask[goal:, goal:] = sequence
         return mask
 
     # ---------------------------------------------------------------- training and scoring
-    def forward(self, tokens: torch.Tensor, goal: torch.Tensor | None = None, band: int | None = None,
+    def forward(self, tokens: torch.Tensor, goal: torch.Tensor | None = None, context: int | None = None,
                 maps: torch.Tensor | None = None, map_embedding: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, V + 1) predicting token t + 1 from tokens <= t (and the goal prefix, and
         the (B, H, W) map context of a map-conditioned model, or its `map_embedding` (B, width)
         from `map_encoder` when a caller reuses it across calls, as the planner does).
 
-        `band` (rotary positions only) restricts every query to its sliding window of `band`
+        `context` (rotary positions only) restricts every query to its sliding window of `context`
         transitions: the planner's window policy, computed here without a cache."""
+        return self.logits_at(self.hidden_states(tokens, goal, context, maps, map_embedding))
+
+    def hidden_states(self, tokens: torch.Tensor, goal: torch.Tensor | None = None, context: int | None = None,
+                      maps: torch.Tensor | None = None, map_embedding: torch.Tensor | None = None,
+                      cache: "BeamCache | None" = None) -> torch.Tensor:
+        """The final (B, T, width) hidden states of `forward`; with a `cache`, every layer keeps
+        the sequence's keys and values in it."""
         batch, length = tokens.shape
-        if length > self.config.block_size and (band is None or self.config.position_embedding != "rotary"):
+        if length > self.config.block_size and (context is None or self.config.position_embedding != "rotary"):
             raise ValueError(f"sequence of {length} tokens exceeds the block size {self.config.block_size} "
                              "(only rotary positions slide a window past it)")
         x = self.embed_tokens(tokens)
@@ -260,11 +277,38 @@ class TrajectoryTransformer(nn.Module):
         rotary = None
         if self.config.position_embedding == "rotary":
             rotary = rotary_tables(torch.arange(x.shape[1], device=x.device), self.config.n_embd // self.config.n_head)
-        mask = self.attention_mask(length, x.device, band)
-        for block in self.blocks:
-            x = block(x, mask, rotary)
-        hidden = self.ln_f(x[:, self.config.goal_length :])
-        return self.logits_at(hidden)
+        mask = self.attention_mask(length, x.device, context)
+        layers = cache.layers if cache is not None else [None] * len(self.blocks)
+        for block, layer in zip(self.blocks, layers):
+            x = block(x, mask, rotary, layer)
+        return self.ln_f(x[:, self.config.goal_length :])
+
+    # ---------------------------------------------------------------- incremental decoding
+    @torch.inference_mode()
+    def prefill(self, tokens: torch.Tensor, cache: "BeamCache") -> torch.Tensor:
+        """Encode a search's context (E, P) into an empty `cache`, under the cache's sliding
+        window; the logits (E, V + 1) of its next token."""
+        if self.config.position_embedding != "rotary" or self.config.goal_length or self.config.map_shape:
+            raise ValueError("incremental decoding needs rotary positions and no goal prefix or map context")
+        hidden = self.hidden_states(tokens, context=cache.context, cache=cache)
+        return self.logits_at(hidden[:, -1:], tokens.shape[1] - 1)[:, 0]
+
+    @torch.inference_mode()
+    def step(self, tokens: torch.Tensor, cache: "BeamCache") -> torch.Tensor:
+        """One more token per candidate, (E, R, X), at the cache's next position: it attends to
+        everything the cache holds inside its window; the logits (E, R, X, V + 1) of the token
+        after it. Inference only (no dropout)."""
+        position, rotation = cache.next_token()
+        x = self.embed_tokens(tokens.reshape(-1, 1), position).view(*tokens.shape, -1)
+        for block, layer in zip(self.blocks, cache.layers):
+            x = block(x, None, rotation, layer)
+        hidden = self.ln_f(x).view(-1, 1, x.shape[-1])
+        return self.logits_at(hidden, position).view(*tokens.shape, -1)
+
+    def crop(self, tokens: torch.Tensor, context: int) -> torch.Tensor:
+        """The published crop: the last `context` transitions' worth of a transition-aligned
+        (..., L) sequence, whole transitions dropped from the front."""
+        return tokens[..., window_start(tokens.shape[-1] - 1, context, self.config.transition_dim) :]
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
         """Weight decay on Linear weights and the heads only (not embeddings, norms, biases)."""
@@ -274,13 +318,176 @@ class TrajectoryTransformer(nn.Module):
         return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-def window_start(positions: torch.Tensor | int, transitions: int, transition_dim: int) -> torch.Tensor | int:
+def is_value(positions: torch.Tensor, transition_dim: int) -> torch.Tensor:
+    return positions % transition_dim == transition_dim - 1
+
+
+def window_start(positions: torch.Tensor | int, context: int, transition_dim: int) -> torch.Tensor | int:
     """First visible position for a query at each position: the published planner crops its input
-    to at most `transitions` x D - 1 tokens, dropping whole transitions from the front."""
-    longest = transitions * transition_dim - 1
+    to at most `context` x D - 1 tokens, dropping whole transitions from the front."""
+    longest = context * transition_dim - 1
     excess = positions + 1 - longest
     excess = excess.clamp(min=0) if isinstance(excess, torch.Tensor) else max(excess, 0)
     return (excess + transition_dim - 1) // transition_dim * transition_dim
+
+
+class BeamCache:
+    """Keys and values of a beam search, kept at three levels so nothing is copied per beam: the
+    shared context (one per environment), the kept beams, and the fresh tokens of the current
+    candidates (beam x expansion), re-indexed only when candidates are kept (`select`).
+
+    The window slides: a query at position p sees keys from `window_start(p)` on (the published
+    crop, applied per query), so cached keys stay valid and nothing is re-encoded. Value tokens
+    are never attended, so their keys are never kept. The beams' keys are rebuilt contiguous at
+    each selection, with zeroed room for one more transition: one candidate per beam writes its
+    keys there and a one-token step attends over the whole buffer with the unused slots masked
+    (a batched matmul over a strided slice of a larger buffer measured twice as slow, and this
+    product is the search's largest memory read). Expanded candidates keep their own keys in a
+    small fresh buffer. Positions are Python ints, so bookkeeping never waits for the device."""
+
+    def __init__(self, config: ModelConfig, context: int):
+        self.context, self.transition_dim = context, config.transition_dim
+        self.head_dim = config.n_embd // config.n_head
+        self.room = self.transition_dim - 1  # keys of one transition: all but its value
+        self.layers = [LayerCache(self) for _ in range(config.n_layer)]
+        self.position = 0  # of the next token
+        self.beam_first = 0  # position of the beams' first kept key
+        self.beam_keys = 0  # keys in the beams' buffers
+        self.fresh_keys = 0  # keys in the candidates' fresh buffers (0 unless expanded)
+        self.expanded = False
+        self.rotations = torch.empty(0)
+        # of the token being decoded: where its key goes (None: a value token) and what it sees
+        self.slot: int | None = None
+        self.first_shared = self.first_beam = 0
+
+    def slots(self, position: int) -> int:
+        """Kept keys before `position`: every position but the value tokens."""
+        return position - position // self.transition_dim
+
+    def stored_context(self, length: int) -> None:
+        self.position = self.beam_first = length
+
+    def next_token(self) -> tuple[int, torch.Tensor]:
+        """Book the next token's key; its position and RoPE rotations (2, 1, head_dim / 2), the
+        query's scaled by 1 / sqrt(head_dim), from a table grown by doubling."""
+        position = self.position
+        beams = self.layers[0].beams[0]
+        if is_value(position - 1, self.transition_dim) and not self.expanded and beams.shape[-2] - self.beam_keys < self.room:
+            # a transition ended without a selection (a rollout): keep every beam, with room for the next
+            kept = torch.arange(beams.shape[1], device=beams.device).expand(beams.shape[:2])
+            self.select(kept, torch.zeros_like(kept))
+        self.slot = None
+        if not is_value(position, self.transition_dim):
+            if self.expanded:
+                self.slot, self.fresh_keys = self.fresh_keys, self.fresh_keys + 1
+            else:
+                self.slot, self.beam_keys = self.beam_keys, self.beam_keys + 1
+        window = window_start(position, self.context, self.transition_dim)
+        self.first_shared = self.slots(window)
+        self.first_beam = self.slots(max(window, self.beam_first)) - self.slots(self.beam_first)
+        self.position += 1
+        if position >= len(self.rotations):
+            rotations = rotary_tables(torch.arange(2 * position + 1, device=beams.device), self.head_dim)
+            self.rotations = torch.stack([rotations * self.head_dim ** -0.5, rotations], dim=1)[:, :, None, :]
+        return position, self.rotations[position]
+
+    def expand(self, n: int) -> None:
+        """n candidates per beam from here on; with n > 1 their keys go to fresh buffers."""
+        self.expanded = n > 1
+        if self.expanded:
+            for layer in self.layers:
+                layer.expand(n)
+
+    def select(self, beam: torch.Tensor, expansion: torch.Tensor) -> None:
+        """Keep candidates (beam, expansion), each (E, R), as the new beams: their parent's keys
+        followed by their fresh ones, then zeroed room; keys no future query can see (left of
+        the window) are dropped."""
+        E, R = beam.shape
+        beams = self.layers[0].beams[0]
+        first = max(self.beam_first, window_start(self.position, self.context, self.transition_dim))
+        low = self.slots(first) - self.slots(self.beam_first)
+        env = torch.arange(E, device=beams.device)[:, None]
+        parents = (env * beams.shape[1] + beam).flatten()  # rows of the flattened (E x beams) buffers
+        chosen = None
+        if self.expanded:  # and of (E x beams x candidates)
+            chosen = parents * self.layers[0].fresh[0].shape[2] + expansion.flatten()
+        for layer in self.layers:
+            layer.select(parents, chosen, low, (E, R))
+        self.beam_first = first
+        self.beam_keys = self.beam_keys - low + self.fresh_keys
+        self.expanded, self.fresh_keys = False, 0
+
+
+class LayerCache:
+    """One layer's keys and values in a `BeamCache` (which keeps the bookkeeping)."""
+
+    def __init__(self, owner: BeamCache):
+        self.owner = owner
+        self.shared: tuple[torch.Tensor, torch.Tensor] | None = None  # (E, H, context keys, d)
+        self.beams: tuple[torch.Tensor, torch.Tensor] | None = None  # (E, R, H, keys + room, d)
+        self.fresh: tuple[torch.Tensor, torch.Tensor] | None = None  # (E, R, X, H, room, d) once expanded
+
+    def store(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """The first call stores the context, (E, H, P, d); every later one the keys of one new
+        token per candidate, (E, R, X, H, d)."""
+        owner = self.owner
+        if self.shared is None:
+            kept = ~is_value(torch.arange(k.shape[2], device=k.device), owner.transition_dim)
+            self.shared = (k[:, :, kept].contiguous(), v[:, :, kept].contiguous())
+            self.beams = tuple(k.new_zeros(k.shape[0], 1, k.shape[1], owner.room, k.shape[3]) for _ in "kv")
+            owner.stored_context(k.shape[2])
+        elif owner.slot is not None and self.fresh is None:  # one candidate per beam: the beam's own room
+            self.beams[0][..., owner.slot, :], self.beams[1][..., owner.slot, :] = k[:, :, 0], v[:, :, 0]
+        elif owner.slot is not None:
+            self.fresh[0][..., owner.slot, :], self.fresh[1][..., owner.slot, :] = k, v
+
+    def attend(self, q: torch.Tensor) -> torch.Tensor:
+        """Attention of one query per candidate, q (E, R, X, H, d) already scaled, over the three
+        levels; returns (E, R, X, H, d)."""
+        owner = self.owner
+        E, R, X, H, d = q.shape
+        shared = None
+        if owner.first_shared < self.shared[0].shape[-2]:
+            shared = tuple(t[..., owner.first_shared :, :] for t in self.shared)
+        beam_k, beam_v = self.beams
+        fresh = tuple(t[..., : owner.fresh_keys, :] for t in self.fresh) if owner.fresh_keys else None
+        scores = []
+        if shared is not None:  # one matmul per environment and head: (R X) queries against the context
+            per_env = q.reshape(E, R * X, H, d).transpose(1, 2) @ shared[0].transpose(-1, -2)
+            scores.append(per_env.view(E, H, R, X, -1).permute(0, 2, 3, 1, 4))
+        # per beam and head: its X candidates' queries against the whole buffer, unused slots masked
+        per_beam = q.transpose(2, 3) @ beam_k.transpose(-1, -2)
+        if owner.first_beam:
+            per_beam[..., : owner.first_beam] = float("-inf")
+        per_beam[..., owner.beam_keys :] = float("-inf")
+        scores.append(per_beam.transpose(2, 3))
+        if fresh is not None:  # per candidate: a few keys, elementwise
+            scores.append((q.unsqueeze(-2) * fresh[0]).sum(-1))
+        weights = (torch.cat(scores, dim=-1) if len(scores) > 1 else scores[0]).softmax(dim=-1)
+        parts = iter(weights.split([s.shape[-1] for s in scores], dim=-1))
+        outputs = []
+        if shared is not None:
+            w = next(parts).permute(0, 3, 1, 2, 4).reshape(E, H, R * X, -1)
+            outputs.append((w @ shared[1]).view(E, H, R, X, d).permute(0, 2, 3, 1, 4))
+        outputs.append((next(parts).transpose(2, 3) @ beam_v).transpose(2, 3))
+        if fresh is not None:
+            outputs.append((next(parts).unsqueeze(-1) * fresh[1]).sum(-2))
+        return sum(outputs[1:], outputs[0])
+
+    def expand(self, n: int) -> None:
+        E, R, H, _, d = self.beams[0].shape
+        self.fresh = tuple(self.beams[0].new_empty(E, R, n, H, self.owner.room, d) for _ in "kv")
+
+    def select(self, parents: torch.Tensor, chosen: torch.Tensor | None, low: int, rows: tuple[int, int]) -> None:
+        owner = self.owner
+        kept = []
+        for old, fresh in zip(self.beams, self.fresh if chosen is not None else (None, None)):
+            pieces = [old[..., low : owner.beam_keys, :].flatten(0, 1).index_select(0, parents)]
+            if fresh is not None:
+                pieces.append(fresh[..., : owner.fresh_keys, :].flatten(0, 2).index_select(0, chosen))
+            pieces.append(old.new_zeros(rows[0] * rows[1], old.shape[2], owner.room, old.shape[-1]))
+            kept.append(torch.cat(pieces, dim=-2).unflatten(0, rows))
+        self.beams, self.fresh = tuple(kept), None
 
 
 TOKEN_GROUPS = ("observation", "action", "reward", "value")

@@ -31,15 +31,19 @@ Scores (`mode`), for a candidate whose last planned transition is t (s_t, a_t, r
 Window policy. The published planner crops its input to the last `context` transitions before
 every forward pass. With rotary positions we apply that window to every query (sliding-window
 attention: token p sees keys from `window_start(p)` on), so cached keys stay valid as the window
-slides and nothing is re-encoded. Two decoders implement the same policy:
+slides and nothing is re-encoded. Three decoders, one `Decoder` interface (logits, append,
+expand, select), are the cache policies:
 - `FullDecoder`: no cache, the whole sequence through `model.forward` for every token (the oracle,
   and the published algorithm: with learned positions, or `crop`, the window is cropped and re-encoded;
   a goal-conditioned model always crops, so its distance to the goal prefix stays within the
   training window whatever the position scheme);
-- `CachedDecoder` (rotary only): keys and values kept per layer at three levels, so nothing is
-  copied per beam: the shared context (one per environment), the kept beams, and the fresh tokens
-  of the current candidates (beam x expansion); beams are re-indexed only when kept. Value tokens
-  are never attended, so their keys are never kept.
+- `CachedDecoder` (rotary only): one `model.step` per token against the model's `BeamCache`,
+  which keeps keys at three levels (the shared context, the kept beams, the fresh tokens of the
+  current candidates), so nothing is copied per beam;
+- `CroppedDecoder`: the published crop, cached between crops (the analysis's Markovian rollouts).
+
+The search's state is one `Beams` object: the decoder and every per-candidate tensor, indexed
+(environment, beam, expansion), so that `take` re-indexes all of them at once.
 
 The value token's own forward pass only predicts the next observation, so it runs after selection,
 for the kept beams alone (before it only for the V critic, which reads that observation).
@@ -53,7 +57,7 @@ import torch
 from trajectory_transformer.config import Count, Probability, Range
 from trajectory_transformer.discretization import Discretizer
 from trajectory_transformer.errors import PipelineError
-from trajectory_transformer.model import TrajectoryTransformer, apply_rotary, rotary_tables, window_start
+from trajectory_transformer.model import BeamCache, TrajectoryTransformer
 
 
 @dataclass
@@ -96,13 +100,31 @@ class PlannerSpec:
 
 
 # ---------------------------------------------------------------------------------------------
-# Decoders: the same interface, with and without a cache
+# Decoders: one interface, three cache policies
+
+
+class Decoder(Protocol):
+    """Next-token distributions of every candidate (E environments, R beams, X expansions)."""
+
+    def logits(self) -> torch.Tensor:
+        """(E, R, X, V + 1) distribution of the next token of every candidate."""
+
+    def append(self, tokens: torch.Tensor) -> None:
+        """One more token (E, R, X) per candidate."""
+
+    def expand(self, n: int) -> None:
+        """n candidates per beam from here on."""
+
+    def select(self, beam: torch.Tensor, expansion: torch.Tensor) -> None:
+        """Keep candidates (beam, expansion), each (E, R'), as the new beams."""
 
 
 class FullDecoder:
-    """No cache: every next-token distribution recomputes the whole visible sequence."""
+    """No cache: every next-token distribution recomputes the whole visible sequence (the oracle,
+    and the published algorithm: with `crop`, learned positions or a goal prefix, the window is
+    cropped and re-encoded, so a goal prefix stays within its training distance)."""
 
-    def __init__(self, model: TrajectoryTransformer, context: int, prefix: torch.Tensor, goal: torch.Tensor | None,
+    def __init__(self, model: TrajectoryTransformer, context: int, prefix: torch.Tensor, goal: torch.Tensor | None = None,
                  crop: bool = False, maps: torch.Tensor | None = None):
         self.model, self.context, self.goal = model, context, goal
         self.map_embedding = model.map_encoder(maps) if maps is not None else None  # once per search, not per token
@@ -111,16 +133,14 @@ class FullDecoder:
 
     @torch.inference_mode()
     def logits(self) -> torch.Tensor:
-        """(E, R, X, V + 1) distribution of the next token of every candidate."""
         E, R, X, L = self.tokens.shape
         flat = self.tokens.reshape(E * R * X, L)
         goal = self.goal.repeat_interleave(R * X, dim=0) if self.goal is not None else None
         maps = self.map_embedding.repeat_interleave(R * X, dim=0) if self.map_embedding is not None else None
-        if self.crop:  # the published crop: the last `context` transitions' worth of tokens, re-encoded
-            start = window_start(L - 1, self.context, self.model.config.transition_dim)
-            out = self.model(flat[:, start:], goal, map_embedding=maps)[:, -1]
+        if self.crop:
+            out = self.model(self.model.crop(flat, self.context), goal, map_embedding=maps)[:, -1]
         else:
-            out = self.model(flat, goal, band=self.context, map_embedding=maps)[:, -1]
+            out = self.model(flat, goal, context=self.context, map_embedding=maps)[:, -1]
         return out.view(E, R, X, -1)
 
     def expand(self, n: int) -> None:
@@ -135,175 +155,74 @@ class FullDecoder:
 
 
 class CachedDecoder:
-    """Incremental decoding with keys and values at three levels (see the module docstring).
-
-    Value tokens are never attended, so their keys are not kept. The beams' keys are rebuilt
-    contiguous at each selection, with zeroed room for one more transition: the observation
-    decoded next (one candidate per beam) writes its keys there, and a one-token step attends
-    over the whole buffer with the unused slots masked: a batched matmul over a strided slice of
-    a larger buffer measured twice as slow as over the contiguous buffer, and this product is the
-    search's largest memory read. Expanded candidates (X > 1) keep their own keys in a small
-    fresh buffer. Positions are Python ints, so bookkeeping never waits for the device."""
+    """Incremental decoding (rotary positions): the model's `BeamCache` keeps every key once, at
+    the level where it is shared (context, kept beams, fresh candidates), under the sliding window."""
 
     def __init__(self, model: TrajectoryTransformer, context: int, prefix: torch.Tensor):
         if model.config.goal_length or model.config.map_shape:
             raise PipelineError("goal- and map-conditioned planning runs uncached: set plan.cached false")
-        self.model, self.context = model, context
-        config = model.config
-        self.transition_dim, self.n_head = config.transition_dim, config.n_head
-        self.head_dim = config.n_embd // config.n_head
-        self.device = prefix.device
-        E, P = prefix.shape
-        self.shared, self._logits = self._encode_prefix(prefix)
-        self.position = P
-        # keys appended between two selections: one transition's but its value
-        self.room = self.transition_dim - 1
-        self.beams = [tuple(torch.zeros(E, 1, self.n_head, self.room, self.head_dim, device=self.device) for _ in "kv")
-                      for _ in model.blocks]
-        self.beam_first, self.beam_keys = P, 0
-        self.fresh: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # (E, R, X, H, room, d) once expanded
-        self.fresh_keys = 0
-        self.rotations = torch.empty(0, device=self.device)
-
-    def _slot(self, position: int) -> int:
-        """Kept keys before `position`: every position but the value tokens."""
-        return position - position // self.transition_dim
-
-    def _window(self, position: int) -> int:
-        return window_start(position, self.context, self.transition_dim)
-
-    def _rotation(self, position: int) -> torch.Tensor:
-        """RoPE's complex rotations at one position, (2, 1, head_dim / 2): the query's scaled by
-        1 / sqrt(head_dim), the key's as they are; from a table grown by doubling."""
-        if position >= len(self.rotations):
-            rotations = rotary_tables(torch.arange(2 * position + 1, device=self.device), self.head_dim)
-            self.rotations = torch.stack([rotations * self.head_dim ** -0.5, rotations], dim=1)[:, :, None, :]
-        return self.rotations[position]
+        self.model = model
+        self.cache = BeamCache(model.config, context)
+        self._logits = model.prefill(prefix, self.cache)[:, None, None, :]
 
     def logits(self) -> torch.Tensor:
         return self._logits
 
-    @torch.inference_mode()
-    def _encode_prefix(self, prefix: torch.Tensor) -> tuple[list, torch.Tensor]:
-        """One masked forward pass over the context; keeps its keys and values (shared by every
-        beam) and returns them with the logits of its last token, (E, 1, 1, V + 1)."""
-        model = self.model
-        E, P = prefix.shape
-        positions = torch.arange(P, device=self.device)
-        rotations = rotary_tables(positions, self.head_dim)
-        mask = model.visible(positions, positions, self.context)
-        kept = ~model.is_value(positions)
-        x = model.embed_tokens(prefix)
-        shared = []
-        for block in model.blocks:
-            q, k, v = block.attn.split_heads(block.ln_1(x))
-            q, k = apply_rotary(q, rotations), apply_rotary(k, rotations)
-            shared.append((k[:, :, kept].contiguous(), v[:, :, kept].contiguous()))
-            x = x + block.attn.attend(q, k, v, mask)
-            x = x + block.mlp(block.ln_2(x))
-        logits = model.logits_at(model.ln_f(x[:, -1:]), P - 1)
-        return shared, logits.view(E, 1, 1, -1)
-
-    def _attend(self, layer: int, q: torch.Tensor, window: int) -> torch.Tensor:
-        """Attention of one query per candidate, q (E, R, X, H, d) already scaled, over the three
-        levels; returns (E, R, X, H, d)."""
-        E, R, X, H, d = q.shape
-        first_shared = self._slot(window)
-        shared = None
-        if first_shared < self.shared[layer][0].shape[-2]:
-            shared = tuple(t[..., first_shared:, :] for t in self.shared[layer])
-        beam_k, beam_v = self.beams[layer]
-        first_beam = self._slot(max(window, self.beam_first)) - self._slot(self.beam_first)
-        fresh = tuple(t[..., : self.fresh_keys, :] for t in self.fresh[layer]) if self.fresh_keys else None
-        scores = []
-        if shared is not None:  # one matmul per environment and head: (R X) queries against the context
-            per_env = q.reshape(E, R * X, H, d).transpose(1, 2) @ shared[0].transpose(-1, -2)
-            scores.append(per_env.view(E, H, R, X, -1).permute(0, 2, 3, 1, 4))
-        # per beam and head: its X candidates' queries against the whole buffer, unused slots masked
-        per_beam = q.transpose(2, 3) @ beam_k.transpose(-1, -2)
-        if first_beam:
-            per_beam[..., :first_beam] = float("-inf")
-        per_beam[..., self.beam_keys :] = float("-inf")
-        scores.append(per_beam.transpose(2, 3))
-        if fresh is not None:  # per candidate: a few keys, elementwise
-            scores.append((q.unsqueeze(-2) * fresh[0]).sum(-1))
-        weights = (torch.cat(scores, dim=-1) if len(scores) > 1 else scores[0]).softmax(dim=-1)
-        parts = iter(weights.split([s.shape[-1] for s in scores], dim=-1))
-        outputs = []
-        if shared is not None:
-            w = next(parts).permute(0, 3, 1, 2, 4).reshape(E, H, R * X, -1)
-            outputs.append((w @ shared[1]).view(E, H, R, X, d).permute(0, 2, 3, 1, 4))
-        outputs.append((next(parts).transpose(2, 3) @ beam_v).transpose(2, 3))
-        if fresh is not None:
-            outputs.append((next(parts).unsqueeze(-1) * fresh[1]).sum(-2))
-        return sum(outputs[1:], outputs[0])
-
-    @torch.inference_mode()
     def append(self, tokens: torch.Tensor) -> None:
-        """Run one token (E, R, X) per candidate at the next position against everything cached."""
-        model, position = self.model, self.position
-        E, R, X = tokens.shape
-        H, d = self.n_head, self.head_dim
-        keep = position % self.transition_dim != self.transition_dim - 1
-        # the token's own key joins its level before it attends
-        slot = self.beam_keys if self.fresh is None else self.fresh_keys
-        if keep and self.fresh is None:
-            self.beam_keys += 1
-        elif keep:
-            self.fresh_keys += 1
-        window = self._window(position)
-        rotation = self._rotation(position)
-        x = model.embed_tokens(tokens.reshape(-1, 1), position).view(E, R, X, -1)
-        for layer, block in enumerate(model.blocks):
-            qkv = block.attn.qkv(block.ln_1(x)).view(E, R, X, 3, H, d)
-            # RoPE as the model computes it, on a view of the queries and keys (no copy); the query scaled
-            pairs = torch.view_as_complex(qkv[..., :2, :, :].unflatten(-1, (-1, 2)))
-            qk = torch.view_as_real(pairs * rotation).flatten(-2)
-            if keep and self.fresh is None:  # one candidate per beam: the beam's own room
-                k, v = self.beams[layer]
-                k[..., slot, :], v[..., slot, :] = qk[:, :, 0, 1], qkv[:, :, 0, 2]
-            elif keep:
-                k, v = self.fresh[layer]
-                k[..., slot, :], v[..., slot, :] = qk[..., 1, :, :], qkv[..., 2, :, :]
-            y = self._attend(layer, qk[..., 0, :, :], window)
-            x = x + block.attn.proj(y.reshape(E, R, X, -1))
-            x = x + block.mlp(block.ln_2(x))
-        self.position += 1
-        hidden = model.ln_f(x).view(-1, 1, x.shape[-1])
-        self._logits = model.logits_at(hidden, position).view(E, R, X, -1)
+        self._logits = self.model.step(tokens, self.cache)
 
     def expand(self, n: int) -> None:
-        """n candidates per beam from here on; with n > 1 their keys go to a fresh buffer."""
-        E, R = self._logits.shape[:2]
-        if n > 1:
-            self.fresh = [tuple(torch.empty(E, R, n, self.n_head, self.room, self.head_dim, device=self.device) for _ in "kv")
-                          for _ in self.model.blocks]
+        self.cache.expand(n)
         self._logits = self._logits.expand(-1, -1, n, -1)
 
     def select(self, beam: torch.Tensor, expansion: torch.Tensor) -> None:
-        """Keep candidates (beam, expansion) as the new beams: their parent's keys followed by
-        their fresh ones, then zeroed room; keys no future query can see (left of the window)
-        are dropped."""
-        E, R = beam.shape
-        first = max(self.beam_first, self._window(self.position))
-        low = self._slot(first) - self._slot(self.beam_first)
-        env = torch.arange(E, device=self.device)[:, None]
-        parents = (env * self.beams[0][0].shape[1] + beam).flatten()  # rows of the flattened (E x beams) cache
-        chosen = parents * self._logits.shape[2] + expansion.flatten()  # and of (E x beams x candidates)
-        beams = []
-        for layer, level in enumerate(self.beams):
-            kept = []
-            for old, fresh in zip(level, self.fresh[layer] if self.fresh else (None, None)):
-                pieces = [old[..., low : self.beam_keys, :].flatten(0, 1).index_select(0, parents)]
-                if fresh is not None:
-                    pieces.append(fresh[..., : self.fresh_keys, :].flatten(0, 2).index_select(0, chosen))
-                pieces.append(old.new_zeros(E * R, self.n_head, self.room, self.head_dim))
-                kept.append(torch.cat(pieces, dim=-2).unflatten(0, (E, R)))
-            beams.append(tuple(kept))
-        self.beams, self.beam_first = beams, first
-        self.beam_keys = self.beam_keys - low + self.fresh_keys
-        self.fresh, self.fresh_keys = None, 0
+        self.cache.select(beam, expansion)
+        env = torch.arange(beam.shape[0], device=beam.device)[:, None]
         self._logits = self._logits[env, beam, expansion][:, :, None, :]
+
+
+class CroppedDecoder:
+    """The published crop, cached between crops: every token sees at most the last `context`
+    transitions, each re-encoded from the crop. The crop moves once per transition (at the value
+    slot) and at every selection, so the cache is rebuilt then: exact, and affordable for short
+    windows (the Markovian ablation of the analysis)."""
+
+    def __init__(self, model: TrajectoryTransformer, context: int, prefix: torch.Tensor):
+        self.model, self.context = model, context
+        self.tokens = prefix[:, None, None, :]  # (E, R, X, L): the crop only, from a transition boundary
+        self._encode()
+
+    def _encode(self) -> None:
+        self.tokens = self.model.crop(self.tokens, self.context)
+        self.inner = CachedDecoder(self.model, self.context, self.tokens.reshape(-1, self.tokens.shape[-1]))
+
+    def logits(self) -> torch.Tensor:
+        return self.inner.logits().view(*self.tokens.shape[:3], -1)
+
+    def append(self, tokens: torch.Tensor) -> None:
+        self.tokens = torch.cat([self.tokens, tokens[..., None]], dim=-1)
+        if self.tokens.shape[-1] % self.model.config.transition_dim == 0:  # a value slot ended a transition
+            self._encode()
+        else:
+            self.inner.append(tokens.reshape(-1, 1, 1))
+
+    def expand(self, n: int) -> None:
+        if n != self.tokens.shape[2]:
+            self.tokens = self.tokens.expand(-1, -1, n, -1)
+            self._encode()
+
+    def select(self, beam: torch.Tensor, expansion: torch.Tensor) -> None:
+        env = torch.arange(beam.shape[0], device=beam.device)[:, None]
+        self.tokens = self.tokens[env, beam, expansion][:, :, None, :]
+        self._encode()
+
+
+def make_decoder(model: TrajectoryTransformer, context: int, prefix: torch.Tensor, cached: bool, crop: bool = False,
+                 goal: torch.Tensor | None = None, maps: torch.Tensor | None = None) -> Decoder:
+    """The window policy `crop` (or sliding), computed with a cache where the model allows one."""
+    if not cached or model.config.position_embedding != "rotary":
+        return FullDecoder(model, context, prefix, goal, crop=crop, maps=maps)
+    return CroppedDecoder(model, context, prefix) if crop else CachedDecoder(model, context, prefix)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,6 +271,57 @@ class Critic(Protocol):
     def v(self, observations: torch.Tensor) -> torch.Tensor: ...
 
 
+class Beams:
+    """The search's state: every tensor indexed (environment, beam, expansion) like the
+    candidates, so `take` re-indexes all of them, and the decoder's keys, at once."""
+
+    FIELDS = ("tokens", "log_probs", "returns", "likelihood", "observation", "scores")
+
+    def __init__(self, decoder: Decoder, observation: torch.Tensor):
+        E = observation.shape[0]
+        self.decoder = decoder
+        self.tokens = observation.new_zeros(E, 1, 1, 0)  # every planned token
+        self.log_probs = torch.zeros(E, 1, 1, 0, device=observation.device)  # and its log-probability
+        self.returns = torch.zeros(E, 1, 1, device=observation.device)  # discounted expected rewards so far
+        self.likelihood = torch.zeros(E, 1, 1, device=observation.device)  # log-probability of the planned tokens
+        self.observation = observation[:, None, None, :]  # (E, R, X, N) tokens of the last planned state
+        self.scores = torch.zeros(E, 1, 1, device=observation.device)  # -inf: kept only to fill a row, no children
+
+    @property
+    def width(self) -> int:
+        return self.tokens.shape[1]
+
+    def expand(self, n: int) -> None:
+        self.decoder.expand(n)
+        for name in self.FIELDS:
+            field = getattr(self, name)
+            setattr(self, name, field.expand(field.shape[0], field.shape[1], n, *field.shape[3:]))
+
+    def push(self, tokens: torch.Tensor, logits: torch.Tensor, feed: bool = True) -> torch.Tensor:
+        """Record one token (E, R, X) per candidate, and feed it to the decoder unless told not to;
+        its log-probabilities under `logits`."""
+        log_probs = logits.log_softmax(dim=-1).gather(-1, tokens[..., None])[..., 0]
+        self.tokens = torch.cat([self.tokens, tokens[..., None]], dim=-1)
+        self.log_probs = torch.cat([self.log_probs, log_probs[..., None]], dim=-1)
+        if feed:
+            self.decoder.append(tokens)
+        return log_probs
+
+    def feed_last(self) -> None:
+        """Feed the decoder the last recorded token (one recorded with feed=False)."""
+        self.decoder.append(self.tokens[..., -1])
+
+    def take(self, index: torch.Tensor, scores: torch.Tensor) -> None:
+        """Keep the candidates at flat `index` (E, K) (beam x expansion), with their `scores`."""
+        X = self.tokens.shape[2]
+        beam, expansion = index // X, index % X
+        self.decoder.select(beam, expansion)
+        env = torch.arange(index.shape[0], device=index.device)[:, None]
+        for name in self.FIELDS:
+            setattr(self, name, getattr(self, name)[env, beam, expansion][:, :, None])
+        self.scores = scores[:, :, None]
+
+
 # inference mode rather than no_grad (here and in the decoders): no version counters or view
 # tracking on the tens of thousands of small operations of a search, 6 % faster per call
 @torch.inference_mode()
@@ -374,7 +344,7 @@ def plan(
     E = prefix.shape[0]
     if (goal is None) != (config.goal_length == 0) or (maps is None) != (not config.map_shape):
         raise PipelineError("the model's goal prefix and map context must be given exactly when it was trained with them")
-    decoder = CachedDecoder(model, spec.context, prefix) if spec.cached else FullDecoder(model, spec.context, prefix, goal, maps=maps)
+    decoder = make_decoder(model, spec.context, prefix, spec.cached, goal=goal, maps=maps)
     if spec.mode == "beam":
         return token_beam_search(decoder, config, spec)
     table = torch.as_tensor(discretizer.table, dtype=torch.float32, device=device)  # (D, V)
@@ -382,74 +352,59 @@ def plan(
     discounts = spec.discount ** torch.arange(spec.horizon + 1, device=device, dtype=torch.float32)
     critic_q = critic is not None and spec.critic_score == "q"
     critic_v = critic is not None and spec.critic_score == "v"
-
-    R = 1
-    padding = torch.zeros(E, 1, dtype=torch.bool, device=device)  # beams kept only to fill a row: no children
-    returns = torch.zeros(E, 1, device=device)  # discounted expected rewards so far
-    log_likelihood = torch.zeros(E, 1, device=device)
-    generated = torch.zeros(E, 1, 1, 0, dtype=torch.long, device=device)  # all planned tokens
-    token_log_probs = torch.zeros(E, 1, 1, 0, device=device)
-    observation = prefix[:, None, -N:]  # (E, R, N) tokens of the current planned state
-
-    def step(tokens: torch.Tensor, logits: torch.Tensor, append: bool = True):
-        nonlocal generated, token_log_probs
-        log_probs = logits.log_softmax(dim=-1).gather(-1, tokens[..., None])[..., 0]
-        generated = torch.cat([generated.expand(*tokens.shape, -1), tokens[..., None]], dim=-1)
-        token_log_probs = torch.cat([token_log_probs.expand(*tokens.shape, -1), log_probs[..., None]], dim=-1)
-        if append:
-            decoder.append(tokens)
-        return log_probs
+    beams = Beams(decoder, prefix[:, -N:])
 
     def decode_observation(likelihood: torch.Tensor) -> torch.Tensor:
-        """Greedy observation tokens (E, R, X, N) of every current candidate."""
+        """Greedy observation tokens (E, R, X, N) of every current candidate, their
+        log-probabilities added to `likelihood`."""
         tokens = []
         for _ in range(N):
             logits = decoder.logits()[..., :V]
             tokens.append(logits.argmax(dim=-1))
-            likelihood += step(tokens[-1], logits)
+            likelihood += beams.push(tokens[-1], logits)
         return torch.stack(tokens, dim=-1)
 
     for t in range(spec.horizon):
         # the published search starts from beam_width copies of the context, each expanded
         # n_expand times: that many independent samples of the first transition
         X = spec.n_expand * (spec.beam_width if t == 0 else 1)
-        decoder.expand(X)
+        beams.expand(X)
+        R = beams.width
         step_likelihood = torch.zeros(E, R, X, device=device)
         action_tokens = []
         for _ in range(M):
             logits = decoder.logits()[..., :V]
             tokens = sample(filter_logits(logits, spec.action_cdf, spec.action_top_k),
                             torch.rand(E, R, X, generator=generator, device=device))
-            step_likelihood += step(tokens, logits)
+            step_likelihood += beams.push(tokens, logits)
             action_tokens.append(tokens)
         reward_logits = decoder.logits()[..., :V]
         reward = reward_logits.softmax(dim=-1) @ table[reward_dim]
-        step_likelihood += step(reward_logits.argmax(dim=-1), reward_logits)
+        step_likelihood += beams.push(reward_logits.argmax(dim=-1), reward_logits)
         value_logits = decoder.logits()[..., :V]
         value = value_logits.softmax(dim=-1) @ table[value_dim]
         # the value token's own forward pass predicts the next observation: needed before
         # selection only by the V critic, otherwise run after it, for the kept beams alone
-        value_tokens = value_logits.argmax(dim=-1)
-        step_likelihood += step(value_tokens, value_logits, append=critic_v)
+        step_likelihood += beams.push(value_logits.argmax(dim=-1), value_logits, feed=critic_v)
         actions = torch.stack(action_tokens, dim=-1)  # (E, R, X, M)
 
-        candidate_returns = returns[..., None] + discounts[t] * reward
+        returns = beams.returns + discounts[t] * reward
         if critic_v:
             next_observation = decode_observation(step_likelihood)
             value = critic.v(discretizer_decode(table, next_observation, 0))
-        candidate_likelihood = log_likelihood[..., None] + step_likelihood
+        likelihood = beams.likelihood + step_likelihood
         if spec.mode == "likelihood":
-            scores = candidate_likelihood
+            scores = likelihood
         elif critic_q:
-            states = discretizer_decode(table, observation[:, :, None, :].expand(E, R, X, N), 0)
-            scores = returns[..., None] + discounts[t] * critic.q(states, discretizer_decode(table, actions, N))
+            states = discretizer_decode(table, beams.observation, 0)
+            scores = beams.returns + discounts[t] * critic.q(states, discretizer_decode(table, actions, N))
         else:
-            scores = candidate_returns + discounts[t + 1] * value
+            scores = returns + discounts[t + 1] * value
         scores = scores.reshape(E, R * X)
         if spec.distinct_candidates:
             # identical candidates plan identical futures: keep one of each. Kept beams are
             # distinct (padding aside), so a candidate is its (beam, action tokens), compared exactly
-            scores = scores.masked_fill(padding[:, :, None].expand(E, R, X).reshape(E, R * X), float("-inf"))
+            scores = scores.masked_fill(~torch.isfinite(beams.scores).reshape(E, R * X), float("-inf"))
             parents = torch.arange(R, device=device)[None, :, None].expand(E, R, X).reshape(E, R * X)
             scores = drop_duplicates(scores, parents, actions.reshape(E, R * X, M))
             # a sharp model makes most candidates duplicates: carry only as many beams as any
@@ -458,28 +413,20 @@ def plan(
         else:
             keep = min(spec.beam_width, R * X)
         scores, index = scores.topk(keep, dim=-1)
-        padding = ~torch.isfinite(scores)
-        beam, expansion = index // X, index % X
-        env = torch.arange(E, device=device)[:, None]
-        decoder.select(beam, expansion)
-        returns = candidate_returns[env, beam, expansion]
-        log_likelihood = candidate_likelihood[env, beam, expansion]
-        generated = generated[env, beam, expansion][:, :, None]
-        token_log_probs = token_log_probs[env, beam, expansion][:, :, None]
-        R = keep
+        beams.returns, beams.likelihood = returns, likelihood
         if critic_v:
-            observation = next_observation[env, beam, expansion]
-        elif t < spec.horizon - 1:
-            decoder.append(value_tokens[env, beam, expansion][:, :, None])
-            observation = decode_observation(log_likelihood[..., None])[:, :, 0]
+            beams.observation = next_observation
+        beams.take(index, scores)
+        if not critic_v and t < spec.horizon - 1:
+            beams.feed_last()
+            beams.observation = decode_observation(beams.likelihood)
 
-    best = scores.argmax(dim=-1)
+    best = beams.scores[..., 0].argmax(dim=-1)
     env = torch.arange(E, device=device)
-    sequence = generated[env, best, 0]
     D = config.transition_dim
-    planned = sequence.view(E, -1)
+    planned = beams.tokens[env, best, 0]
     actions = torch.stack([planned[:, t * D : t * D + M] for t in range(spec.horizon)], dim=1)
-    return Plan(actions=actions, scores=scores[env, best], token_log_probs=token_log_probs[env, best, 0])
+    return Plan(actions=actions, scores=beams.scores[env, best, 0], token_log_probs=beams.log_probs[env, best, 0])
 
 
 def token_beam_search(decoder, config, spec: PlannerSpec) -> Plan:
