@@ -20,7 +20,7 @@ import copy
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -149,6 +149,10 @@ class TransitionTensors:
     def __len__(self) -> int:
         return len(self.actions)
 
+    def __getitem__(self, index: torch.Tensor) -> "TransitionTensors":
+        return TransitionTensors(self.observations[index], self.actions[index], self.rewards[index],
+                                 self.next_observations[index], self.not_done[index])
+
 
 def transition_tensors(transitions: Transitions, reward_shift: float, device: torch.device) -> TransitionTensors:
     """(s, a, r + shift, s', 1 - terminal) for every step with a known successor: a step that
@@ -185,9 +189,97 @@ class AgentIdentity:
     seed: int
 
     def fingerprint(self, spec: BCSpec) -> str:
-        content = {"identity": asdict(self), "spec": {k: v for k, v in asdict(spec).items()
-                                                      if k not in ("log_every", "checkpoint_every", "datasets")}}
+        # only what changes the weights: never read the rest (the params check counts reads)
+        content = {"identity": asdict(self), "spec": {f.name: getattr(spec, f.name) for f in fields(spec)
+                                                      if f.name not in ("log_every", "checkpoint_every", "datasets")}}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# The two algorithms, one method per update (as CORL writes IQL)
+
+
+class BehaviorCloning:
+    """The Gaussian policy fitted to the data's actions by maximum likelihood."""
+
+    logged = ("actor_loss",)
+
+    def __init__(self, agent: OfflineAgent, spec: BCSpec):
+        self.agent, self.spec = agent, spec
+        self.actor_optimizer = torch.optim.Adam([*agent.policy.parameters(), agent.log_std], lr=spec.learning_rate)
+        self.actor_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_optimizer, spec.updates)
+
+    def state(self) -> dict:
+        """What a checkpoint carries besides the agent: everything with a `state_dict`."""
+        return {"actor": self.actor_optimizer, "actor_schedule": self.actor_schedule}
+
+    def update(self, batch: TransitionTensors) -> torch.Tensor:
+        """One update; the values of `logged`, detached."""
+        return self.update_actor(batch, torch.ones(len(batch), device=batch.actions.device))[None]
+
+    def update_actor(self, batch: TransitionTensors, weights: torch.Tensor) -> torch.Tensor:
+        loss = -(weights * self.agent.log_prob(batch.observations, batch.actions)).mean()
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.actor_optimizer.step()
+        self.actor_schedule.step()
+        return loss.detach()
+
+
+class ImplicitQLearning(BehaviorCloning):
+    """IQL: V by expectile regression on the target Q, Q on r + discount (1 - terminal) V(s'),
+    a Polyak target for Q, then advantage-weighted regression of the policy."""
+
+    logged = ("actor_loss", "q_loss", "v_loss", "q_mean", "advantage_mean")
+
+    def __init__(self, agent: OfflineAgent, spec: IQLSpec):
+        super().__init__(agent, spec)
+        self.target = copy.deepcopy(agent).requires_grad_(False)
+        self.q_optimizer = torch.optim.Adam([*agent.q1.parameters(), *agent.q2.parameters()], lr=spec.learning_rate)
+        self.v_optimizer = torch.optim.Adam(agent.value.parameters(), lr=spec.learning_rate)
+
+    def state(self) -> dict:
+        return super().state() | {"q": self.q_optimizer, "v": self.v_optimizer, "target": self.target}
+
+    def update(self, batch: TransitionTensors) -> torch.Tensor:
+        with torch.no_grad():
+            next_v = self.agent.v(batch.next_observations)  # before V moves
+        advantage, v_loss, q_mean = self.update_v(batch)
+        q_loss = self.update_q(batch, next_v)
+        self.update_target()
+        weights = torch.exp(self.spec.temperature * advantage).clamp(max=self.spec.max_weight)
+        actor_loss = self.update_actor(batch, weights)
+        return torch.stack([actor_loss, q_loss, v_loss, q_mean, advantage.mean()])
+
+    def update_v(self, batch: TransitionTensors) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The advantage Q_target - V of the batch (detached), the V loss and the mean target Q."""
+        with torch.no_grad():
+            target_q = self.target.q(batch.observations, batch.actions)
+        advantage = target_q - self.agent.v(batch.observations)
+        loss = expectile_loss(advantage, self.spec.expectile)
+        self.v_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.v_optimizer.step()
+        return advantage.detach(), loss.detach(), target_q.mean()
+
+    def update_q(self, batch: TransitionTensors, next_v: torch.Tensor) -> torch.Tensor:
+        q_target = batch.rewards + self.spec.discount * batch.not_done * next_v
+        q1, q2 = self.agent.q_pair(batch.observations, batch.actions)
+        loss = (F.mse_loss(q1, q_target) + F.mse_loss(q2, q_target)) / 2
+        self.q_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.q_optimizer.step()
+        return loss.detach()
+
+    @torch.no_grad()
+    def update_target(self) -> None:
+        online = [*self.agent.q1.parameters(), *self.agent.q2.parameters()]
+        for parameter, slow in zip(online, [*self.target.q1.parameters(), *self.target.q2.parameters()]):
+            slow.lerp_(parameter, self.spec.polyak)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
 
 
 def train_agent(transitions: Transitions, spec: BCSpec, identity: AgentIdentity, out_dir: Path, report_dir: Path,
@@ -203,29 +295,16 @@ def train_agent(transitions: Transitions, spec: BCSpec, identity: AgentIdentity,
     data = transition_tensors(transitions, spec.reward_shift if iql else 0.0, device)
     if len(data) < 2:
         raise PipelineError(f"dataset {identity.dataset} has fewer than 2 usable transitions for {identity.algorithm}")
-    observation_dim, action_dim = data.observations.shape[1], data.actions.shape[1]
 
     torch.manual_seed(identity.seed)
-    agent = OfflineAgent(observation_dim, action_dim, spec.hidden, with_critic=iql).to(device)
+    agent = OfflineAgent(data.observations.shape[1], data.actions.shape[1], spec.hidden, with_critic=iql).to(device)
     if spec.normalize_observations:
         agent.observation_mean.copy_(data.observations.mean(0))
         agent.observation_std.copy_(data.observations.std(0).clamp(min=1e-3))
     agent.action_low.copy_(data.actions.min(0).values)
     agent.action_high.copy_(data.actions.max(0).values)
-    target = copy.deepcopy(agent).requires_grad_(False) if iql else None
-    actor_parameters = [*agent.policy.parameters(), agent.log_std]
-    actor_optimizer = torch.optim.Adam(actor_parameters, lr=spec.learning_rate)
-    actor_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(actor_optimizer, spec.updates)
-    if iql:
-        q_optimizer = torch.optim.Adam([*agent.q1.parameters(), *agent.q2.parameters()], lr=spec.learning_rate)
-        v_optimizer = torch.optim.Adam(agent.value.parameters(), lr=spec.learning_rate)
+    algorithm = ImplicitQLearning(agent, spec) if iql else BehaviorCloning(agent, spec)
     batches = torch.Generator(device="cpu").manual_seed(identity.seed)
-
-    def optimizers() -> dict:
-        named = {"actor": actor_optimizer, "actor_schedule": actor_schedule}
-        if iql:
-            named |= {"q": q_optimizer, "v": v_optimizer}
-        return named
 
     fingerprint = identity.fingerprint(spec)
     update, history = 0, []
@@ -233,61 +312,24 @@ def train_agent(transitions: Transitions, spec: BCSpec, identity: AgentIdentity,
         saved = load_checkpoint(checkpoint, CHECKPOINT_FORMAT)
         if saved["fingerprint"] == fingerprint:
             agent.load_state_dict(saved["agent"])
-            if iql:
-                target.load_state_dict(saved["target"])
-            for name, optimizer in optimizers().items():
-                optimizer.load_state_dict(saved[name])
+            for name, part in algorithm.state().items():
+                part.load_state_dict(saved[name])
             batches.set_state(saved["batches"])
             update, history = saved["update"], saved["history"]
 
-    running = torch.zeros(5, device=device)  # actor, q, v losses, mean Q, mean advantage
+    running = torch.zeros(len(algorithm.logged), device=device)
     running_steps, clock = 0, time.perf_counter()
     bar = tqdm(total=spec.updates, initial=update, desc=f"{identity.algorithm} {identity.dataset} seed {identity.seed}",
                unit="update", disable=not progress, mininterval=1)
     while update < spec.updates:
         index = torch.randint(len(data), (spec.batch_size,), generator=batches).to(device)
-        observations, actions = data.observations[index], data.actions[index]
-        if iql:
-            with torch.no_grad():
-                target_q = target.q(observations, actions)
-                next_v = agent.v(data.next_observations[index])
-                q_target = data.rewards[index] + spec.discount * data.not_done[index] * next_v
-            advantage = target_q - agent.v(observations)
-            v_loss = expectile_loss(advantage, spec.expectile)
-            v_optimizer.zero_grad(set_to_none=True)
-            v_loss.backward()
-            v_optimizer.step()
-
-            q1, q2 = agent.q_pair(observations, actions)
-            q_loss = (F.mse_loss(q1, q_target) + F.mse_loss(q2, q_target)) / 2
-            q_optimizer.zero_grad(set_to_none=True)
-            q_loss.backward()
-            q_optimizer.step()
-            with torch.no_grad():
-                for online, slow in zip([*agent.q1.parameters(), *agent.q2.parameters()],
-                                        [*target.q1.parameters(), *target.q2.parameters()]):
-                    slow.lerp_(online, spec.polyak)
-            weights = torch.exp(spec.temperature * advantage.detach()).clamp(max=spec.max_weight)
-        else:
-            weights = torch.ones(len(index), device=device)
-        actor_loss = -(weights * agent.log_prob(observations, actions)).mean()
-        actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        actor_optimizer.step()
-        actor_schedule.step()
+        running += algorithm.update(data[index])
         update += 1
-
-        with torch.no_grad():
-            running += torch.stack([actor_loss.detach(), *((q_loss.detach(), v_loss.detach(), target_q.mean(), advantage.mean())
-                                                            if iql else torch.zeros(4, device=device))])
         running_steps += 1
         boundary = update == spec.updates or update % spec.checkpoint_every == 0  # a resumed run logs the same points
         if update % spec.log_every == 0 or boundary:
             means = (running / running_steps).tolist()  # the only host sync, every log_every updates
-            entry = {"update": update, "actor_loss": means[0]}
-            if iql:
-                entry |= {"q_loss": means[1], "v_loss": means[2], "q_mean": means[3], "advantage_mean": means[4]}
-            history.append(entry)
+            history.append({"update": update, **dict(zip(algorithm.logged, means))})
             bar.set_postfix(loss=f"{means[0]:.3f}", updates_per_s=f"{running_steps / (time.perf_counter() - clock):,.0f}", refresh=False)
             bar.update(running_steps)
             running.zero_()
@@ -295,9 +337,7 @@ def train_agent(transitions: Transitions, spec: BCSpec, identity: AgentIdentity,
         if update % spec.checkpoint_every == 0 and update < spec.updates:
             state = {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "update": update, "history": history,
                      "agent": agent.state_dict(), "batches": batches.get_state(),
-                     **{name: optimizer.state_dict() for name, optimizer in optimizers().items()}}
-            if iql:
-                state["target"] = target.state_dict()
+                     **{name: part.state_dict() for name, part in algorithm.state().items()}}
             save_checkpoint(state, checkpoint)
     bar.close()
 

@@ -328,6 +328,16 @@ def distributed_context() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def get_batch(windows: Windows, goals: torch.Tensor, maps: torch.Tensor | None, indices: torch.Tensor,
+              config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """Input, target and loss mask of windows `indices`, and what the model is conditioned on
+    (each window's path's goal tokens and map), as keyword arguments of its forward pass."""
+    inputs, targets, mask = windows.batch(indices)
+    paths = windows.path_of_start[indices]
+    conditions = {"goal": goals[paths] if config.goal_length else None, "maps": maps[paths] if maps is not None else None}
+    return inputs, targets, mask, conditions
+
+
 @torch.no_grad()
 def validation_losses(model: TrajectoryTransformer, windows: Windows, goals: torch.Tensor, maps: torch.Tensor | None,
                       batch_size: int, batches: int, device: torch.device, autocast) -> dict[str, float]:
@@ -337,12 +347,9 @@ def validation_losses(model: TrajectoryTransformer, windows: Windows, goals: tor
     sums = torch.zeros(len(TOKEN_GROUPS), device=device)
     counts = torch.zeros(len(TOKEN_GROUPS), device=device)
     for start in range(0, min(len(windows), batches * batch_size), batch_size):
-        indices = order[start : start + batch_size]
-        inputs, targets, mask = windows.batch(indices)
+        inputs, targets, mask, conditions = get_batch(windows, goals, maps, order[start : start + batch_size], model.config)
         with autocast():
-            paths = windows.path_of_start[indices]
-            logits = model(inputs, goals[paths] if model.config.goal_length else None,
-                           maps=maps[paths] if maps is not None else None)
+            logits = model(inputs, **conditions)
         losses = token_losses(logits, targets)
         groups = target_groups(model.config, inputs.shape[1], device)
         one_hot = torch.nn.functional.one_hot(groups, len(TOKEN_GROUPS)).float()
@@ -351,6 +358,80 @@ def validation_losses(model: TrajectoryTransformer, windows: Windows, goals: tor
     model.train()
     values = (sums / counts.clamp(min=1)).tolist()
     return {f"validation/{name}": value for name, value in zip(TOKEN_GROUPS, values)}
+
+
+def setup_device(run: RunSpec, local_rank: int) -> torch.device:
+    device = resolve_device(run.device, local_rank)
+    if device.type == "cpu":
+        use_cpu_threads(run.cpu_threads)
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+class TrainingLog:
+    """The running training loss, summed on the device and read every `log_every` updates (the
+    loop's only host sync), the progress bar, and the per-evaluation history a checkpoint carries."""
+
+    def __init__(self, total: int, update: int, description: str, show: bool, device: torch.device,
+                 history: list[dict] | None = None, since_evaluation: dict | None = None):
+        self.bar = tqdm(total=total, initial=update, desc=description, unit="update", disable=not show, mininterval=1)
+        self.history = history or []
+        self.since_evaluation = since_evaluation or {"sum": 0.0, "count": 0}
+        self.loss = torch.zeros((), device=device)
+        self.steps, self.tokens, self.clock = 0, 0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor, tokens: int) -> None:
+        self.loss += loss.detach()
+        self.steps += 1
+        self.tokens += tokens
+
+    def flush(self, world: int) -> None:
+        if world > 1:  # the loss of the global batch, not of this rank's slice
+            dist.all_reduce(self.loss)
+            self.loss /= world
+        mean = (self.loss / self.steps).item()
+        self.since_evaluation["sum"] += mean * self.steps
+        self.since_evaluation["count"] += self.steps
+        elapsed = time.perf_counter() - self.clock
+        self.bar.set_postfix(loss=f"{mean:.3f}", tokens_per_s=f"{self.tokens / elapsed:,.0f}", refresh=False)
+        self.bar.update(self.steps)
+        self.loss.zero_()
+        self.steps, self.tokens, self.clock = 0, 0, time.perf_counter()
+
+    def evaluation(self, entry: dict) -> None:
+        """Close an evaluation period: its mean training loss joins `entry` in the history."""
+        self.history.append({"update": entry.pop("update"),
+                             "train/loss": self.since_evaluation["sum"] / max(self.since_evaluation["count"], 1), **entry})
+        self.since_evaluation = {"sum": 0.0, "count": 0}
+
+
+def resume(checkpoint: Path, fingerprint: str, model: TrajectoryTransformer, optimizer: torch.optim.Optimizer,
+           device: torch.device) -> tuple[int, list[dict] | None, dict | None]:
+    """Restore a checkpoint of this very run (its fingerprint): (updates done, history, running
+    loss since the last evaluation); (0, None, None) when there is none."""
+    if not checkpoint.exists():
+        return 0, None, None
+    saved = load_checkpoint(checkpoint, CHECKPOINT_FORMAT)
+    if saved["fingerprint"] != fingerprint:
+        return 0, None, None
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["cpu_rng"])
+    if device.type == "cuda" and "cuda_rng" in saved:
+        torch.cuda.set_rng_state(saved["cuda_rng"], device)
+    return saved["update"], saved["history"], saved["running"]
+
+
+def save_resume_point(checkpoint: Path, fingerprint: str, update: int, log: TrainingLog, model: TrajectoryTransformer,
+                      optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    state = {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "update": update, "history": log.history,
+             "running": log.since_evaluation, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "cpu_rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    save_checkpoint(state, checkpoint)
 
 
 def train(
@@ -371,12 +452,7 @@ def train(
     takes `identity.goal_dims` of each path's final state first; `path_maps` (paths, H, W) give
     a map-conditioned model each path's map."""
     rank, world, local_rank = distributed_context()
-    device = resolve_device(spec.run.device, local_rank)
-    if device.type == "cpu":
-        use_cpu_threads(spec.run.cpu_threads)
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    device = setup_device(spec.run, local_rank)
     if spec.optim.batch_size % world:
         raise PipelineError(f"params train.optim.batch_size {spec.optim.batch_size} must divide by the {world} processes")
 
@@ -403,79 +479,47 @@ def train(
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
     fingerprint = identity.fingerprint(spec, sequence)
-    update, history, running = 0, [], {"sum": 0.0, "count": 0}
-    if checkpoint.exists():
-        saved = load_checkpoint(checkpoint, CHECKPOINT_FORMAT)
-        if saved["fingerprint"] == fingerprint:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            torch.set_rng_state(saved["cpu_rng"])
-            if device.type == "cuda" and "cuda_rng" in saved:
-                torch.cuda.set_rng_state(saved["cuda_rng"], device)
-            update, history, running = saved["update"], saved["history"], saved["running"]
+    update, history, running = resume(checkpoint, fingerprint, model, optimizer, device)
     trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None) if world > 1 else model
-
-    bar = tqdm(total=total, initial=update, desc=f"train {identity.dataset} seed {identity.seed}",
-               unit="update", disable=not progress or rank != 0, mininterval=1)
-    running_loss = torch.zeros((), device=device)
-    running_steps, tokens_seen, clock = 0, 0, time.perf_counter()
+    log = TrainingLog(total, update, f"train {identity.dataset} seed {identity.seed}", progress and rank == 0, device,
+                      history, running)
     order, order_epoch = None, -1
     while update < total:
         epoch, position = divmod(update, per_epoch)
         if epoch != order_epoch:
             order, order_epoch = epoch_order(identity.seed, epoch, len(train_windows)).to(device), epoch
         global_batch = order[position * batch_size : (position + 1) * batch_size]
-        indices = global_batch[rank * local_batch : (rank + 1) * local_batch]
-        inputs, targets, mask = train_windows.batch(indices)
+        inputs, targets, mask, conditions = get_batch(train_windows, train_goals, train_maps,
+                                                      global_batch[rank * local_batch : (rank + 1) * local_batch], config)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(update, total, warmup, per_epoch, spec.optim)
-        paths = train_windows.path_of_start[indices]
         with autocast():
-            logits = trained(inputs, train_goals[paths] if config.goal_length else None,
-                             maps=train_maps[paths] if train_maps is not None else None)
+            logits = trained(inputs, **conditions)
         loss = weighted_loss(token_losses(logits, targets), mask, group_weights, groups)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), spec.optim.grad_clip)
         optimizer.step()
         update += 1
-        running_loss += loss.detach()
-        running_steps += 1
-        tokens_seen += inputs.numel() * world
+        log.add(loss, inputs.numel() * world)
 
         boundary = update == total or any(update % every == 0 for every in (spec.run.eval_every, spec.run.checkpoint_every))
         if update % spec.run.log_every == 0 or boundary:
-            if world > 1:  # the loss of the global batch, not of this rank's slice
-                dist.all_reduce(running_loss)
-                running_loss /= world
-            mean = (running_loss / running_steps).item()  # the only host sync, every log_every updates
-            running["sum"] += mean * running_steps
-            running["count"] += running_steps
-            elapsed = time.perf_counter() - clock
-            bar.set_postfix(loss=f"{mean:.3f}", tokens_per_s=f"{tokens_seen / elapsed:,.0f}", refresh=False)
-            bar.update(running_steps)
-            running_loss.zero_()
-            running_steps, tokens_seen, clock = 0, 0, time.perf_counter()
+            log.flush(world)
         if update % spec.run.eval_every == 0 or update == total:
-            entry = {"update": update, "train/loss": running["sum"] / max(running["count"], 1), "learning_rate": learning_rate(update - 1, total, warmup, per_epoch, spec.optim)}
+            entry = {"update": update, "learning_rate": learning_rate(update - 1, total, warmup, per_epoch, spec.optim)}
             if validation_windows is not None:
                 entry.update(validation_losses(model, validation_windows, validation_goals, validation_maps, batch_size,
                                                spec.run.validation_batches, device, autocast))
-            history.append(entry)
-            running = {"sum": 0.0, "count": 0}
+            log.evaluation(entry)
         if update % spec.run.checkpoint_every == 0 and update < total and rank == 0:
-            state = {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "update": update, "history": history,
-                     "running": running, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "cpu_rng": torch.get_rng_state()}
-            if device.type == "cuda":
-                state["cuda_rng"] = torch.cuda.get_rng_state(device)
-            save_checkpoint(state, checkpoint)
-    bar.close()
+            save_resume_point(checkpoint, fingerprint, update, log, model, optimizer, device)
+    log.bar.close()
 
     metrics = {"updates": total, "parameters": parameter_count(model), "train_windows": len(train_windows),
-               "validation_windows": len(validation_windows) if validation_windows is not None else 0, **history[-1]}
+               "validation_windows": len(validation_windows) if validation_windows is not None else 0, **log.history[-1]}
     if rank == 0:
-        write_model(model, config, identity, model_dir, report_dir, metrics, history)
+        write_model(model, config, identity, model_dir, report_dir, metrics, log.history)
         checkpoint.unlink(missing_ok=True)
     if world > 1:
         dist.barrier()
