@@ -72,7 +72,7 @@ def test_masked_positions_do_not_enter_the_loss():
 
 
 def test_hopper_sized_model_has_the_published_size():
-    config = ModelConfig(observation_dim=11, action_dim=3, n_bins=100)
+    config = ModelConfig(observation_dim=11, action_dim=3, n_bins=100, position_embedding="learned")
     model = TrajectoryTransformer(config)
     assert config.block_size == 159
     assert 1.1e6 < sum(p.numel() for p in model.parameters()) < 1.3e6  # about 1.2 M (published system §3)

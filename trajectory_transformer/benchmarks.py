@@ -61,7 +61,7 @@ def use_explicit_attention(model: TrajectoryTransformer) -> None:
 
 
 SIZES = {  # (model, batch): the published hopper model, and the offline suite's on Reacher's data
-    "hopper": (ModelConfig(observation_dim=11, action_dim=3, n_bins=100, window=10), 256),
+    "hopper": (ModelConfig(observation_dim=11, action_dim=3, n_bins=100, window=10, position_embedding="learned"), 256),
     "offline": (ModelConfig(observation_dim=10, action_dim=2, n_bins=100, window=10, n_layer=3, n_head=4, n_embd=96,
                             position_embedding="rotary"), 64),
 }

@@ -39,7 +39,7 @@ class ModelConfig:
     n_head: int = 4
     n_embd: int = 128
     dropout: float = 0.1
-    position_embedding: str = "learned"  # "learned" (published) or "rotary"
+    position_embedding: str = "rotary"  # or "learned" (published); defaults are train.model's (ArchitectureSpec)
     goal_dims: list[int] = field(default_factory=list)  # observation dims of the goal prefix
     map_shape: list[int] = field(default_factory=list)  # (H, W) of the map context; empty: none
     map_codes: int = 0  # distinct integer codes in a map image

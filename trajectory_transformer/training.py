@@ -48,7 +48,7 @@ class ArchitectureSpec:
     n_head: Count = 4
     n_embd: Count = 128
     dropout: Probability = 0.1
-    position_embedding: Literal["learned", "rotary"] = "learned"
+    position_embedding: Literal["learned", "rotary"] = "rotary"  # learned: the paper's (docs/departures.md)
 
 
 @dataclass
