@@ -15,11 +15,10 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from trajectory_transformer import gridworld, mazes as maze_tasks  # noqa: E402
 from trajectory_transformer.artifacts import atomic_directory, verified_folder_hash, write_json  # noqa: E402
 from trajectory_transformer.cli import stage_command  # noqa: E402
 from trajectory_transformer.config import load_params, parse, section  # noqa: E402
-from trajectory_transformer.datasets import DatasetSpec  # noqa: E402
+from trajectory_transformer.datasets import GENERATORS, DatasetSpec  # noqa: E402
 from trajectory_transformer.discretization import DiscretizeSpec  # noqa: E402
 from trajectory_transformer.evaluation import EvaluateSpec, ImitationSpec  # noqa: E402
 from trajectory_transformer.reporting import (  # noqa: E402
@@ -31,7 +30,7 @@ from trajectory_transformer.training import TrainSpec  # noqa: E402
 
 def is_maze(spec: DatasetSpec) -> bool:
     ids = " ".join(np.atleast_1d(spec.fetch.minari_id or []).astype(str))
-    return spec.fetch.generator == "pointmaze" or "maze" in ids
+    return (spec.fetch.source == "generate" and GENERATORS[spec.fetch.generator].fixed_goal_maze) or "maze" in ids
 
 
 def is_goal_reaching(spec: DatasetSpec) -> bool:
@@ -42,18 +41,12 @@ def source(spec: DatasetSpec) -> str:
     fetch = spec.fetch
     if fetch.source == "minari":
         return " + ".join(np.atleast_1d(fetch.minari_id).astype(str))
-    detail = {"pointmaze": fetch.maze, "pointmaze-goals": fetch.maze, "minigrid": gridworld.ENV_ID}.get(fetch.generator, fetch.quality)
-    return f"generated: {fetch.generator} {detail}, seed {fetch.seed}"
+    return f"generated: {fetch.generator} {GENERATORS[fetch.generator].detail(fetch)}, seed {fetch.seed}"
 
 
 def paths_figure(spec: DatasetSpec, episodes_file: Path, path: Path) -> None:
     """Figure 6: the executed paths of held-out goals (four rooms), or of held-out maps (MiniGrid)."""
-    episodes = json.loads(episodes_file.read_text())["episodes"]
-    if spec.fetch.generator == "minigrid":
-        gridworld.draw_paths([np.array(e["map"]) for e in episodes], [np.array(e["path"]) for e in episodes],
-                             [e["success"] for e in episodes], path)
-    else:
-        maze_tasks.draw_paths(spec.fetch.maze, episodes, path)
+    GENERATORS[spec.fetch.generator].draw_paths(spec.fetch, json.loads(episodes_file.read_text())["episodes"], path)
 
 
 def floor_line(dataset: str, summary: dict) -> str:

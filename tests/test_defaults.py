@@ -1,13 +1,16 @@
 """One source of defaults: the params dataclasses. conf/config.yaml (the base every suite
-overrides) restates them, and the model's own config defaults to train.model's."""
+overrides) restates them, and the model's own config defaults to train.model's. One registry
+of the generators the params accept."""
 
 import dataclasses
+import typing
 from pathlib import Path
 
 import yaml
 
 from trajectory_transformer.analysis import AnalyzeSpec
 from trajectory_transformer.critic import BCSpec, IQLSpec
+from trajectory_transformer.datasets import GENERATORS, FetchSpec
 from trajectory_transformer.discretization import DiscretizeSpec
 from trajectory_transformer.evaluation import EvaluateSpec, ImitationSpec
 from trajectory_transformer.model import ModelConfig
@@ -45,3 +48,9 @@ def test_the_model_config_defaults_are_the_params_defaults():
     model = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.default is not dataclasses.MISSING}
     assert {key: model[key] for key in dataclasses.asdict(ArchitectureSpec())} == dataclasses.asdict(ArchitectureSpec())
     assert model["window"] == SequenceSpec().window
+
+
+
+def test_every_generator_the_params_accept_has_one_registry_entry():
+    literal, _none = typing.get_args(typing.get_type_hints(FetchSpec)["generator"])
+    assert set(typing.get_args(literal)) == set(GENERATORS)

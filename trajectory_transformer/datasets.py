@@ -12,7 +12,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import gymnasium as gym
 import minari
@@ -56,37 +56,13 @@ class FetchSpec:
     seed: Natural = 0
 
     def check(self, where: str) -> None:
-        def need(field, why):
-            if getattr(self, field) is None:
-                raise PipelineError(f"params {where}.{field} is missing: {why}")
-
         if self.source == "minari":
-            need("minari_id", "name a Minari dataset id, e.g. mujoco/hopper/medium-v0")
+            need(self, "minari_id", where, "name a Minari dataset id, e.g. mujoco/hopper/medium-v0")
             for dataset_id in np.atleast_1d(self.minari_id):
                 check_minari_id(str(dataset_id))
             return
-        need("generator", "choose pointmaze, pointmaze-goals, reacher or minigrid")
-        if self.generator == "pointmaze":
-            need("maze", f"choose one of {sorted(mazes.EVALUATION_CELLS)}")
-            mazes.check_maze(self.maze)
-            if self.maze not in mazes.EVALUATION_CELLS:
-                raise PipelineError(f"params {where}.maze: '{self.maze}' has no fixed evaluation goal: choose one of "
-                                    f"{sorted(mazes.EVALUATION_CELLS)}, or generator pointmaze-goals for goal reaching")
-            need("transitions", "set the number of environment steps to generate")
-        elif self.generator == "pointmaze-goals":
-            need("maze", f"choose one of {list(mazes.GOAL_REACHING_MAZES)}")
-            if self.maze not in mazes.GOAL_REACHING_MAZES:
-                raise PipelineError(f"params {where}.maze: goal-reaching data need one of {list(mazes.GOAL_REACHING_MAZES)}, got '{self.maze}'")
-            need("episodes", "set the number of episodes to generate")
-        elif self.generator == "minigrid":
-            need("episodes", "set the number of episodes to generate")
-            if not 0 <= self.random_action_probability <= 1:
-                raise PipelineError(f"params {where}.random_action_probability must be in [0, 1], got {self.random_action_probability}")
-        else:
-            need("quality", f"choose one of {', '.join(QUALITIES)}")
-            if self.quality not in QUALITIES:
-                raise PipelineError(f"params {where}.quality: unknown quality '{self.quality}', choose one of {', '.join(QUALITIES)}")
-            need("episodes", "set the number of episodes to generate")
+        need(self, "generator", where, f"choose one of {', '.join(GENERATORS)}")
+        GENERATORS[self.generator].check(self, where)
         for field in ("transitions", "episodes", "reference_episodes"):
             value = getattr(self, field)
             if value is not None and value < 1:
@@ -130,14 +106,8 @@ def fetch(spec: FetchSpec, name: str, out_dir: Path) -> None:
         with minari_root(scratch / "minari"):
             if spec.source == "minari":
                 built = download(spec.minari_id, name, local_root)
-            elif spec.generator == "pointmaze":
-                built = generate_pointmaze(spec, name)
-            elif spec.generator == "pointmaze-goals":
-                built = generate_pointmaze_goals(spec, name)
-            elif spec.generator == "minigrid":
-                built = generate_minigrid(spec, name)
             else:
-                built = generate_reacher(spec, name)
+                built = GENERATORS[spec.generator].generate(spec, name)
         write_manifest(built)
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -385,6 +355,72 @@ def generate_reacher(spec: FetchSpec, name: str) -> Path:
     zero = policy_return(lambda: gym.make("Reacher-v5"), lambda env, rng: lambda _: np.zeros(2), spec.reference_episodes)
     minari.MinariDataset(folder / "data").storage.update_metadata({ZERO_ACTION_KEY: zero})
     return folder
+
+
+def check_pointmaze(spec: FetchSpec, where: str) -> None:
+    need(spec, "maze", where, f"choose one of {sorted(mazes.EVALUATION_CELLS)}")
+    mazes.check_maze(spec.maze)
+    if spec.maze not in mazes.EVALUATION_CELLS:
+        raise PipelineError(f"params {where}.maze: '{spec.maze}' has no fixed evaluation goal: choose one of "
+                            f"{sorted(mazes.EVALUATION_CELLS)}, or generator pointmaze-goals for goal reaching")
+    need(spec, "transitions", where, "set the number of environment steps to generate")
+
+
+def check_pointmaze_goals(spec: FetchSpec, where: str) -> None:
+    need(spec, "maze", where, f"choose one of {list(mazes.GOAL_REACHING_MAZES)}")
+    if spec.maze not in mazes.GOAL_REACHING_MAZES:
+        raise PipelineError(f"params {where}.maze: goal-reaching data need one of {list(mazes.GOAL_REACHING_MAZES)}, got '{spec.maze}'")
+    need(spec, "episodes", where, "set the number of episodes to generate")
+
+
+def check_minigrid(spec: FetchSpec, where: str) -> None:
+    need(spec, "episodes", where, "set the number of episodes to generate")
+
+
+def check_reacher(spec: FetchSpec, where: str) -> None:
+    need(spec, "quality", where, f"choose one of {', '.join(QUALITIES)}")
+    if spec.quality not in QUALITIES:
+        raise PipelineError(f"params {where}.quality: unknown quality '{spec.quality}', choose one of {', '.join(QUALITIES)}")
+    need(spec, "episodes", where, "set the number of episodes to generate")
+
+
+def need(spec: FetchSpec, field: str, where: str, why: str) -> None:
+    if getattr(spec, field) is None:
+        raise PipelineError(f"params {where}.{field} is missing: {why}")
+
+
+@dataclass(frozen=True)
+class GeneratorKind:
+    """Everything the pipeline does differently for one generator of its own data."""
+
+    check: Callable[[FetchSpec, str], None]  # its params
+    generate: Callable[[FetchSpec, str], Path]  # the Minari dataset it writes
+    make_env: Callable[[FetchSpec], gym.Env]  # its evaluation environment
+    detail: Callable[[FetchSpec], str]  # what the report names beside the generator
+    fixed_goal_maze: bool = False  # D4RL's maze task (a fixed goal not observed): the report's Table 2
+    draw_paths: Callable[[FetchSpec, list[dict], Path], None] | None = None  # goal reaching: Figure 6 from episodes
+
+
+def draw_maze_paths(spec: FetchSpec, episodes: list[dict], out: Path) -> None:
+    mazes.draw_paths(spec.maze, episodes, out)
+
+
+def draw_minigrid_paths(spec: FetchSpec, episodes: list[dict], out: Path) -> None:
+    gridworld.draw_paths([np.array(e["map"]) for e in episodes], [np.array(e["path"]) for e in episodes],
+                         [e["success"] for e in episodes], out)
+
+
+GENERATORS = {
+    "pointmaze": GeneratorKind(check_pointmaze, generate_pointmaze,
+                               lambda spec: mazes.make_evaluation_env(spec.maze), lambda spec: spec.maze, fixed_goal_maze=True),
+    "pointmaze-goals": GeneratorKind(check_pointmaze_goals, generate_pointmaze_goals,
+                                     lambda spec: mazes.make_evaluation_env(spec.maze), lambda spec: spec.maze,
+                                     draw_paths=draw_maze_paths),
+    "reacher": GeneratorKind(check_reacher, generate_reacher,
+                             lambda spec: gym.make("Reacher-v5"), lambda spec: spec.quality),
+    "minigrid": GeneratorKind(check_minigrid, generate_minigrid,
+                              lambda spec: gridworld.make_env(), lambda spec: gridworld.ENV_ID, draw_paths=draw_minigrid_paths),
+}
 
 
 def create_dataset(collector, name: str, **metadata) -> Path:

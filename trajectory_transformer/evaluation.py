@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from trajectory_transformer import antmaze, gridworld, mazes
+from trajectory_transformer import antmaze
 from trajectory_transformer.config import Count, Natural
-from trajectory_transformer.datasets import DatasetSpec, flatten_observations, normalized_score, open_dataset, reference_returns
+from trajectory_transformer.datasets import GENERATORS, DatasetSpec, flatten_observations, normalized_score, open_dataset, reference_returns
 from trajectory_transformer.critic import OfflineAgent
 from trajectory_transformer.discretization import Discretizer
 from trajectory_transformer.errors import PipelineError
@@ -53,13 +53,8 @@ class ImitationSpec:
 
 def make_env(spec: DatasetSpec, data_dir: Path) -> gym.Env:
     """The evaluation environment of a dataset."""
-    fetch = spec.fetch
-    if fetch.source == "generate" and fetch.generator in ("pointmaze", "pointmaze-goals"):
-        return mazes.make_evaluation_env(fetch.maze)
-    if fetch.source == "generate" and fetch.generator == "minigrid":
-        return gridworld.make_env()
-    if fetch.source == "generate":
-        return gym.make("Reacher-v5")
+    if spec.fetch.source == "generate":
+        return GENERATORS[spec.fetch.generator].make_env(spec.fetch)
     dataset = open_dataset(data_dir)
     task = antmaze.task_of(dataset.spec.env_spec) if dataset.spec.env_spec else None
     if task is not None:  # D4RL's fixed-goal task on the data's own walls, not Minari's evaluation map
