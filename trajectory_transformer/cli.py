@@ -1,6 +1,7 @@
 """What every stage command shares: one-line errors and quiet third-party warnings."""
 
 import functools
+import json
 import os
 import sys
 import traceback
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from trajectory_transformer.config import PARAMS_READS_VARIABLE, params_read
 from trajectory_transformer.errors import PipelineError
 
 DEBUG_VARIABLE = "TT_DEBUG"
@@ -23,7 +25,9 @@ def stage_command(function):
     def wrapper(*args, **kwargs):
         warnings.filterwarnings("ignore", module="gymnasium_robotics")
         try:
-            return function(*args, **kwargs)
+            function(*args, **kwargs)
+            record_params_read()
+            return
         except PipelineError as error:
             click.echo(f"error: {error}", err=True)
         except click.ClickException:  # usage errors: click prints them itself
@@ -38,3 +42,11 @@ def stage_command(function):
         sys.exit(1)
 
     return wrapper
+
+
+def record_params_read() -> None:
+    """Append {"stage": the DVC stage, "reads": params paths} to the file PARAMS_READS_VARIABLE names."""
+    path = os.environ.get(PARAMS_READS_VARIABLE)
+    if path:
+        with open(path, "a") as log:
+            log.write(json.dumps({"stage": os.environ.get("DVC_STAGE", Path(sys.argv[0]).stem), "reads": sorted(params_read)}) + "\n")

@@ -7,6 +7,8 @@ a field's type: `Count` (an integer >= 1), `Natural` (>= 0), `Positive` (a numbe
 """
 
 import dataclasses
+import functools
+import os
 import types
 import typing
 from pathlib import Path
@@ -17,6 +19,12 @@ import yaml
 from trajectory_transformer.errors import PipelineError
 
 T = TypeVar("T")
+
+# When set (the pipeline test sets it), the params paths a stage reads are recorded in
+# `params_read` and appended to this file by the stage runner, to be checked against the
+# stage's `params:` list in dvc.yaml: a param read but not listed would let DVC reuse stale results.
+PARAMS_READS_VARIABLE = "TT_PARAMS_READS"
+params_read: set[str] = set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +74,8 @@ def section(params: dict, dotted: str) -> Any:
             known = sorted(node) if isinstance(node, dict) else []
             raise PipelineError(f"params: no '{key}' in {where} (known: {', '.join(map(str, known))})")
         node = node[key]
+    if not isinstance(node, dict):  # a mapping is recorded field by field when parsed
+        params_read.add(dotted)
     return node
 
 
@@ -143,4 +153,21 @@ def parse(cls: type[T], values, where: str) -> T:
             kwargs[name] = _convert(values[name], hints[name], key)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise PipelineError(f"params {key} is missing: add it to params.yaml")
+    if os.environ.get(PARAMS_READS_VARIABLE):
+        return recording(cls, where)(**kwargs)
     return cls(**kwargs)
+
+
+@functools.cache
+def recording(cls: type, where: str) -> type:
+    """A subclass of dataclass `cls` that records each field read as `where.field` (a field
+    holding a parsed section records nothing itself: its own fields do)."""
+
+    def __getattribute__(self, name):
+        value = object.__getattribute__(self, name)
+        if name in fields and not dataclasses.is_dataclass(value):
+            params_read.add(f"{where}.{name}")
+        return value
+
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return type(cls.__name__, (cls,), {"__getattribute__": __getattribute__, "__module__": cls.__module__})
