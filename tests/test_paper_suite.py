@@ -3,9 +3,7 @@ scripts made the real datasets), D4RL's task definitions and the published setti
 offline dress rehearsal of its whole DAG (`pytest -k rehearsal`)."""
 
 import json
-import os
 import shutil
-import sys
 from pathlib import Path
 
 import gymnasium as gym

@@ -11,9 +11,10 @@ normalization.
 
 Behavior cloning is the same Gaussian policy fitted with every weight 1 (no critic).
 
-Everything for one run lives in `OfflineAgent`: the networks, the normalization, and the
-methods the planner and the evaluation call (`q`, `v`, `act`). CPU runs are deterministic for a
-fixed seed; runs resume from atomic checkpoints.
+`OfflineAgent` holds one run's networks, the normalization, and the methods the planner and the
+evaluation call (`q`, `v`, `act`); `BehaviorCloning` and `ImplicitQLearning` hold its optimizers,
+one method per update; `train_agent` is the loop. CPU runs are deterministic for a fixed seed;
+runs resume from atomic checkpoints.
 """
 
 import copy

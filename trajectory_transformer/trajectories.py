@@ -12,7 +12,6 @@ import numpy as np
 
 from trajectory_transformer.config import Count, Probability
 from trajectory_transformer.datasets import Transitions
-from trajectory_transformer.errors import PipelineError
 
 
 @dataclass
