@@ -50,7 +50,6 @@ def test_the_model_config_defaults_are_the_params_defaults():
     assert model["window"] == SequenceSpec().window
 
 
-
 def test_every_generator_the_params_accept_has_one_registry_entry():
     literal, _none = typing.get_args(typing.get_type_hints(FetchSpec)["generator"])
     assert set(typing.get_args(literal)) == set(GENERATORS)

@@ -4,8 +4,10 @@ from trajectory_transformer.model import ModelConfig, TrajectoryTransformer, tar
 
 
 def tiny(**overrides):
+    """The published model (learned positions) unless told otherwise."""
     torch.manual_seed(0)
-    config = ModelConfig(observation_dim=2, action_dim=1, n_bins=5, window=3, n_layer=2, n_head=2, n_embd=16, **overrides)
+    config = ModelConfig(observation_dim=2, action_dim=1, n_bins=5, window=3, n_layer=2, n_head=2, n_embd=16,
+                         **{"position_embedding": "learned", **overrides})
     return TrajectoryTransformer(config).eval()
 
 

@@ -8,7 +8,7 @@ from trajectory_transformer.datasets import Transitions
 from trajectory_transformer.discretization import DiscretizeSpec, Discretizer
 from trajectory_transformer.errors import PipelineError
 from trajectory_transformer.model import ModelConfig, TrajectoryTransformer
-from trajectory_transformer.planner import PlannerSpec, drop_duplicates, filter_logits, plan
+from trajectory_transformer.planner import PlannerSpec, drop_duplicates, filter_logits, make_decoder, plan
 from trajectory_transformer.trajectories import SequenceSpec, joined_paths
 from trajectory_transformer.training import ArchitectureSpec, OptimSpec, RunIdentity, RunSpec, TrainSpec, load_model, tokenize_paths, train
 
@@ -39,6 +39,37 @@ def test_cached_planning_equals_the_uncached_oracle(mode, n_expand):
     assert torch.allclose(cached.scores, full.scores, atol=1e-4)
     # the log-probabilities are those of the model on the chosen sequence, recomputed from scratch
     assert cached.token_log_probs.shape == (3, 5 * model.config.transition_dim - model.config.observation_dim)
+
+
+def test_every_decoder_follows_one_protocol_through_expansion_and_selection():
+    """The same expand / append / select sequence through the three decoders: the cached sliding
+    window equals the uncached one, and the cached crop equals the uncached crop, within 1e-5."""
+    model, _, prefix = random_setup()
+    D = model.config.transition_dim
+    generator = torch.Generator().manual_seed(3)
+    pairs = [(make_decoder(model, 3, prefix, cached=True, crop=crop), make_decoder(model, 3, prefix, cached=False, crop=crop))
+             for crop in (False, True)]
+    assert [type(a).__name__ for a, _ in pairs] == ["CachedDecoder", "CroppedDecoder"]
+    R, X = 1, 1
+    for step in range(2 * D + 3):  # past two transition ends, so the windows move
+        if step % D == 0:  # expand, then keep a random choice of candidates
+            X = 3
+            for pair in pairs:
+                for decoder in pair:
+                    decoder.expand(X)
+        tokens = torch.randint(0, model.config.n_bins, (3, R, X), generator=generator)
+        for cached, full in pairs:
+            assert torch.allclose(cached.logits(), full.logits(), atol=1e-5)
+            cached.append(tokens), full.append(tokens)
+        if step % D == D - 3:
+            beam = torch.randint(0, R, (3, 2), generator=generator)
+            expansion = torch.randint(0, X, (3, 2), generator=generator)
+            for pair in pairs:
+                for decoder in pair:
+                    decoder.select(beam, expansion)
+            R, X = 2, 1
+    for cached, full in pairs:
+        assert torch.allclose(cached.logits(), full.logits(), atol=1e-5)
 
 
 def test_imitation_search_is_the_published_token_beam_search():

@@ -161,13 +161,15 @@ def parse(cls: type[T], values, where: str) -> T:
 @functools.cache
 def recording(cls: type, where: str) -> type:
     """A subclass of dataclass `cls` that records each field read as `where.field` (a field
-    holding a parsed section records nothing itself: its own fields do)."""
+    holding a parsed, recording section records nothing itself: its own fields do; a section
+    left to its default counts as read whole)."""
 
     def __getattribute__(self, name):
         value = object.__getattribute__(self, name)
-        if name in fields and not dataclasses.is_dataclass(value):
+        if name in fields and not hasattr(type(value), "params_where"):
             params_read.add(f"{where}.{name}")
         return value
 
     fields = {f.name for f in dataclasses.fields(cls)}
-    return type(cls.__name__, (cls,), {"__getattribute__": __getattribute__, "__module__": cls.__module__})
+    return type(cls.__name__, (cls,), {"__getattribute__": __getattribute__, "__module__": cls.__module__,
+                                       "params_where": where})

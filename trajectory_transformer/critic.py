@@ -190,7 +190,7 @@ class AgentIdentity:
     seed: int
 
     def fingerprint(self, spec: BCSpec) -> str:
-        # only what changes the weights: never read the rest (the params check counts reads)
+        # everything but the logging cadence and the list of datasets, left unread (the params check counts reads)
         content = {"identity": asdict(self), "spec": {f.name: getattr(spec, f.name) for f in fields(spec)
                                                       if f.name not in ("log_every", "checkpoint_every", "datasets")}}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()

@@ -329,7 +329,7 @@ def generate_reacher(spec: FetchSpec, name: str) -> Path:
     if spec.quality == "medium-expert":
         parts = []
         for offset, quality in enumerate(("medium", "expert")):
-            part = FetchSpec(**{**spec.__dict__, "quality": quality, "seed": spec.seed * 2 + offset})
+            part = dataclasses.replace(spec, quality=quality, seed=spec.seed * 2 + offset)
             parts.append(minari.MinariDataset(generate_reacher(part, f"{name}-{quality}") / "data"))
         return combine(parts, name)
     rng = np.random.default_rng(spec.seed)

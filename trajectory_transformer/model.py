@@ -113,6 +113,8 @@ class SelfAttention(nn.Module):
         context of a search). Without a mask, one new token per candidate x (..., C) attends to
         everything its `cache` holds, `rotary` being that token's rotations (query's pre-scaled)."""
         if mask is None:
+            if cache is None:
+                raise ValueError("attention without a mask is a cached step: pass its cache")
             qkv = self.qkv(x).unflatten(-1, (3, self.n_head, -1))  # (..., 3, H, d)
             q, k = apply_rotary(qkv[..., :2, :, :], rotary).unbind(-3)
             cache.store(k, qkv[..., 2, :, :])
@@ -297,7 +299,9 @@ class TrajectoryTransformer(nn.Module):
     def step(self, tokens: torch.Tensor, cache: "BeamCache") -> torch.Tensor:
         """One more token per candidate, (E, R, X), at the cache's next position: it attends to
         everything the cache holds inside its window; the logits (E, R, X, V + 1) of the token
-        after it. Inference only (no dropout)."""
+        after it. Inference only: no dropout."""
+        if self.training:
+            raise ValueError("incremental decoding is inference only: call model.eval() first")
         position, rotation = cache.next_token()
         x = self.embed_tokens(tokens.reshape(-1, 1), position).view(*tokens.shape, -1)
         for block, layer in zip(self.blocks, cache.layers):
@@ -369,7 +373,10 @@ class BeamCache:
 
     def next_token(self) -> tuple[int, torch.Tensor]:
         """Book the next token's key; its position and RoPE rotations (2, 1, head_dim / 2), the
-        query's scaled by 1 / sqrt(head_dim), from a table grown by doubling."""
+        query's scaled by 1 / sqrt(head_dim), from a table grown by doubling. A transition that
+        ended without a selection (a rollout) first gets room for the next one: every beam is
+        kept as it is (a search with critic_score v and one candidate per beam pays this copy
+        once per transition, before its own selection)."""
         position = self.position
         beams = self.layers[0].beams[0]
         if is_value(position - 1, self.transition_dim) and not self.expanded and beams.shape[-2] - self.beam_keys < self.room:
@@ -393,10 +400,11 @@ class BeamCache:
 
     def expand(self, n: int) -> None:
         """n candidates per beam from here on; with n > 1 their keys go to fresh buffers."""
+        if self.fresh_keys:
+            raise ValueError("expand a beam cache only after a selection: its fresh keys would be lost")
         self.expanded = n > 1
-        if self.expanded:
-            for layer in self.layers:
-                layer.expand(n)
+        for layer in self.layers:
+            layer.expand(n if self.expanded else None)
 
     def select(self, beam: torch.Tensor, expansion: torch.Tensor) -> None:
         """Keep candidates (beam, expansion), each (E, R), as the new beams: their parent's keys
@@ -436,7 +444,7 @@ class LayerCache:
             self.shared = (k[:, :, kept].contiguous(), v[:, :, kept].contiguous())
             self.beams = tuple(k.new_zeros(k.shape[0], 1, k.shape[1], owner.room, k.shape[3]) for _ in "kv")
             owner.stored_context(k.shape[2])
-        elif owner.slot is not None and self.fresh is None:  # one candidate per beam: the beam's own room
+        elif owner.slot is not None and not owner.expanded:  # one candidate per beam: the beam's own room
             self.beams[0][..., owner.slot, :], self.beams[1][..., owner.slot, :] = k[:, :, 0], v[:, :, 0]
         elif owner.slot is not None:
             self.fresh[0][..., owner.slot, :], self.fresh[1][..., owner.slot, :] = k, v
@@ -474,9 +482,10 @@ class LayerCache:
             outputs.append((next(parts).unsqueeze(-1) * fresh[1]).sum(-2))
         return sum(outputs[1:], outputs[0])
 
-    def expand(self, n: int) -> None:
+    def expand(self, n: int | None) -> None:
+        """Fresh buffers for n candidates per beam, or none."""
         E, R, H, _, d = self.beams[0].shape
-        self.fresh = tuple(self.beams[0].new_empty(E, R, n, H, self.owner.room, d) for _ in "kv")
+        self.fresh = tuple(self.beams[0].new_empty(E, R, n, H, self.owner.room, d) for _ in "kv") if n else None
 
     def select(self, parents: torch.Tensor, chosen: torch.Tensor | None, low: int, rows: tuple[int, int]) -> None:
         owner = self.owner

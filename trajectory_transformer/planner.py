@@ -103,6 +103,12 @@ class PlannerSpec:
 # Decoders: one interface, three cache policies
 
 
+def kept(tensor: torch.Tensor, beam: torch.Tensor, expansion: torch.Tensor) -> torch.Tensor:
+    """The rows (E, R', 1, ...) of candidates (beam, expansion) of an (E, R, X, ...) tensor."""
+    env = torch.arange(beam.shape[0], device=beam.device)[:, None]
+    return tensor[env, beam, expansion][:, :, None]
+
+
 class Decoder(Protocol):
     """Next-token distributions of every candidate (E environments, R beams, X expansions)."""
 
@@ -150,8 +156,7 @@ class FullDecoder:
         self.tokens = torch.cat([self.tokens, tokens[..., None]], dim=-1)
 
     def select(self, beam: torch.Tensor, expansion: torch.Tensor) -> None:
-        env = torch.arange(beam.shape[0], device=beam.device)[:, None]
-        self.tokens = self.tokens[env, beam, expansion][:, :, None, :]
+        self.tokens = kept(self.tokens, beam, expansion)
 
 
 class CachedDecoder:
@@ -177,15 +182,15 @@ class CachedDecoder:
 
     def select(self, beam: torch.Tensor, expansion: torch.Tensor) -> None:
         self.cache.select(beam, expansion)
-        env = torch.arange(beam.shape[0], device=beam.device)[:, None]
-        self._logits = self._logits[env, beam, expansion][:, :, None, :]
+        self._logits = kept(self._logits, beam, expansion)
 
 
 class CroppedDecoder:
     """The published crop, cached between crops: every token sees at most the last `context`
     transitions, each re-encoded from the crop. The crop moves once per transition (at the value
-    slot) and at every selection, so the cache is rebuilt then: exact, and affordable for short
-    windows (the Markovian ablation of the analysis)."""
+    slot), so the cache is rebuilt then, and after an expansion or a selection (the cache of the
+    crop is not re-indexed): exact, and affordable for short windows (the Markovian ablation of
+    the analysis, which never expands or selects)."""
 
     def __init__(self, model: TrajectoryTransformer, context: int, prefix: torch.Tensor):
         self.model, self.context = model, context
@@ -212,14 +217,15 @@ class CroppedDecoder:
             self._encode()
 
     def select(self, beam: torch.Tensor, expansion: torch.Tensor) -> None:
-        env = torch.arange(beam.shape[0], device=beam.device)[:, None]
-        self.tokens = self.tokens[env, beam, expansion][:, :, None, :]
+        self.tokens = kept(self.tokens, beam, expansion)
         self._encode()
 
 
 def make_decoder(model: TrajectoryTransformer, context: int, prefix: torch.Tensor, cached: bool, crop: bool = False,
                  goal: torch.Tensor | None = None, maps: torch.Tensor | None = None) -> Decoder:
-    """The window policy `crop` (or sliding), computed with a cache where the model allows one."""
+    """The window policy `crop` (or sliding), with a cache when `cached` and the model has rotary
+    positions (learned positions always re-encode, uncached); a goal- or map-conditioned model
+    must be asked for `cached=False`."""
     if not cached or model.config.position_embedding != "rotary":
         return FullDecoder(model, context, prefix, goal, crop=crop, maps=maps)
     return CroppedDecoder(model, context, prefix) if crop else CachedDecoder(model, context, prefix)
@@ -275,7 +281,7 @@ class Beams:
     """The search's state: every tensor indexed (environment, beam, expansion) like the
     candidates, so `take` re-indexes all of them, and the decoder's keys, at once."""
 
-    FIELDS = ("tokens", "log_probs", "returns", "likelihood", "observation", "scores")
+    FIELDS = ("tokens", "log_probs", "returns", "likelihood", "observation")  # re-indexed by take; scores are set
 
     def __init__(self, decoder: Decoder, observation: torch.Tensor):
         E = observation.shape[0]
@@ -293,7 +299,7 @@ class Beams:
 
     def expand(self, n: int) -> None:
         self.decoder.expand(n)
-        for name in self.FIELDS:
+        for name in (*self.FIELDS, "scores"):
             field = getattr(self, name)
             setattr(self, name, field.expand(field.shape[0], field.shape[1], n, *field.shape[3:]))
 
@@ -316,14 +322,14 @@ class Beams:
         X = self.tokens.shape[2]
         beam, expansion = index // X, index % X
         self.decoder.select(beam, expansion)
-        env = torch.arange(index.shape[0], device=index.device)[:, None]
         for name in self.FIELDS:
-            setattr(self, name, getattr(self, name)[env, beam, expansion][:, :, None])
+            setattr(self, name, kept(getattr(self, name), beam, expansion))
         self.scores = scores[:, :, None]
 
 
-# inference mode rather than no_grad (here and in the decoders): no version counters or view
-# tracking on the tens of thousands of small operations of a search, 6 % faster per call
+# inference mode rather than no_grad (here, in FullDecoder.logits, model.prefill and model.step):
+# no version counters or view tracking on the tens of thousands of small operations of a
+# search, 6 % faster per call
 @torch.inference_mode()
 def plan(
     model: TrajectoryTransformer,
