@@ -1,5 +1,6 @@
 import torch
 
+from trajectory_transformer import model as model_module
 from trajectory_transformer.model import ModelConfig, TrajectoryTransformer, target_groups, token_losses, weighted_loss
 
 
@@ -97,3 +98,29 @@ def test_the_map_context_changes_the_logits_of_its_own_sequence_and_nothing_else
     placeholders = tokens.clone()
     placeholders[:, 4::5] = 0
     assert torch.equal(model(placeholders, goal, maps=maps), base)
+
+
+def test_cpu_dropout_drops_its_fraction_and_rescales_the_rest():
+    torch.manual_seed(0)
+    x = torch.rand(3, 1000, 1001) + 1.0
+    y = model_module.dropout(x, 0.1, training=True)
+    dropped = y == 0
+    assert abs(dropped.float().mean().item() - 6554 / 65536) < 0.001  # 3M draws: 5 standard deviations
+    torch.testing.assert_close(y[~dropped], x[~dropped] * 65536 / (65536 - 6554))
+    assert torch.equal(model_module.dropout(x, 0.1, training=False), x)
+    # the masks of consecutive rows are independent draws, not one field repeated
+    assert not torch.equal(dropped[0], dropped[1])
+
+
+def test_the_cpu_training_attention_is_the_fused_kernels_attention_under_the_same_mask(monkeypatch):
+    torch.manual_seed(0)
+    model = tiny(position_embedding="rotary", dropout=0.1)
+    tokens = torch.randint(0, 7, (3, model.config.block_size))
+    model.eval()
+    expected = model(tokens)
+    model.train()
+    for module in model.modules():  # every other dropout off: only attention's path differs from eval's
+        if isinstance(module, model_module.Dropout):
+            module.p = 0.0
+    monkeypatch.setattr(model_module, "dropout_mask", lambda shape, p, dtype: (torch.ones(shape, dtype=dtype), 1.0))
+    torch.testing.assert_close(model(tokens), expected)

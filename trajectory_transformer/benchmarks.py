@@ -18,10 +18,12 @@ import click
 import numpy as np
 import torch
 
+from trajectory_transformer import model as model_module
 from trajectory_transformer.discretization import DiscretizeSpec, Discretizer
 from trajectory_transformer.model import (
     ModelConfig, TrajectoryTransformer, target_groups, token_losses, weighted_loss,
 )
+from trajectory_transformer.weights import keep_freed_memory
 
 
 @click.group()
@@ -66,7 +68,9 @@ SIZES = {  # (model, batch): the published hopper model, and the offline suite's
                             position_embedding="rotary"), 64),
 }
 VARIANTS = {
-    "ours": "fused SDPA and (CUDA) fused AdamW with bf16 autocast",
+    "ours": "fused SDPA (training on a CPU: word-drawn dropout masks, freed memory kept) and (CUDA) fused AdamW with bf16 autocast",
+    "torch-dropout": "ours with PyTorch's CPU dropout (one Mersenne-Twister draw per element) and its SDPA, as before",
+    "glibc-trim": "ours with glibc's default of handing large freed blocks back to the system",
     "plain": "explicit masked attention, unfused AdamW",
     "native-isa": "ours with CPU kernels free to use AVX-512 (the library pins AVX2 for reproducibility)",
     "cpu-bf16": "ours with bf16 autocast on the CPU too, kernels free to use AVX-512 (BF16)",
@@ -82,6 +86,9 @@ def step_figures(variant: str, size: str, device: str, steps: int) -> dict:
     config, batch = SIZES[size]
     if variant == "one-thread":
         torch.set_num_threads(1)
+    if device.type == "cpu" and variant != "glibc-trim":
+        keep_freed_memory()
+    model_module.WORD_DRAWN_DROPOUT = variant != "torch-dropout"
     torch.manual_seed(0)
     model = TrajectoryTransformer(config)
     if variant == "plain":
@@ -141,8 +148,8 @@ def step_figures(variant: str, size: str, device: str, steps: int) -> dict:
 def train_step(size: str, variants: str, steps: int, device: str, variant: str | None) -> None:
     """Training steps of one model size, variant by variant, each in its own process (so that
     peak memory, threads and kernel choice are its own), side by side in one run; speedups are
-    against the first variant. Variants: ours, plain, native-isa, cpu-bf16, compile, one-thread
-    (see VARIANTS in trajectory_transformer/benchmarks.py)."""
+    against the first variant. Variants: ours, torch-dropout, glibc-trim, plain, native-isa,
+    cpu-bf16, compile, one-thread (see VARIANTS in trajectory_transformer/benchmarks.py)."""
     if variant:
         click.echo(json.dumps(step_figures(variant, size, device, steps)))
         return

@@ -18,6 +18,11 @@ The goal-conditioned variant puts G goal tokens (chosen observation dimensions o
 state, embedded with those dimensions' tables) at the start of every sequence, so every token
 can attend to them (published system §4); they are never predicted.
 
+Dropout on a CPU draws its masks three to a 64-bit random word (`dropout`): PyTorch's CPU
+dropout draws one Mersenne-Twister number per element, which took about 40 % of a training step
+at the offline suite's size (docs/planner.md, Benchmarks). A dropped element is one whose 16-bit
+draw falls below round(p * 2^16), so p = 0.1 drops 6,554 of 65,536 (0.100006).
+
 The map-conditioned variant (the paper's appendix F, MiniGrid) adds a context embedding, computed
 by a small CNN from a map image of integer codes, to every token embedding of the sequence.
 """
@@ -27,6 +32,39 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+
+WORD_DRAWN_DROPOUT = True  # False: PyTorch's dropout everywhere (the benchmark's before-and-after)
+
+
+def dropout_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> tuple[torch.Tensor, float]:
+    """Dropout's mask for a CPU tensor of `shape` (1 kept, 0 dropped, as `dtype`: a product with
+    it is a plain multiply, where torch.where takes several times as long) and the rescaling of
+    the kept elements, drawn three 16-bit fields per 64-bit word (module docstring)."""
+    threshold = round(p * 2**16)
+    count = shape.numel()
+    # random_ fills int64 with 63 random bits: the low three 16-bit fields are uniform
+    words = torch.empty(-(-count // 3), dtype=torch.int64).random_()
+    kept = words.view(torch.int16).view(-1, 4)[:, :3] >= threshold - 2**15
+    return kept.view(-1)[:count].view(shape).to(dtype), 2**16 / (2**16 - threshold)
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or not WORD_DRAWN_DROPOUT:
+        return F.dropout(x, p, training)
+    kept, scale = dropout_mask(x.shape, p, x.dtype)
+    return x * kept.mul_(scale)
+
+
+class Dropout(nn.Module):
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
 
 
 @dataclass
@@ -79,7 +117,7 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)
         self.proj = nn.Linear(config.n_embd, config.n_embd)
         self.dropout = config.dropout
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = Dropout(config.dropout)
         # explicit: the textbook computation, as the published code does it; it keeps the
         # attention weights of the last call in `weights` (attention maps)
         self.explicit = False
@@ -95,11 +133,19 @@ class SelfAttention(nn.Module):
         """Attention of q over (k, v) with a boolean `mask` (True = may attend), then projection.
 
         A mask rules out the flash kernel; on CUDA, PyTorch picks its fused memory-efficient
-        kernel, which supports one."""
+        kernel, which supports one. Training on a CPU computes it explicitly, for `dropout`'s masks
+        (with dropout, PyTorch's CPU kernel computes the same explicit product)."""
         if self.explicit:
             scores = (q @ k.transpose(-2, -1)) / k.shape[-1] ** 0.5
             self.weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
-            y = F.dropout(self.weights, self.dropout, self.training) @ v
+            y = dropout(self.weights, self.dropout, self.training) @ v
+        elif self.training and self.dropout > 0 and q.device.type == "cpu" and WORD_DRAWN_DROPOUT:
+            # as few passes over the (B, H, T, T) weights as autograd allows: the scale goes on
+            # q before the product, and dropout's rescaling on the far smaller output
+            scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+            weights = torch.softmax(scores.masked_fill_(~mask, float("-inf")), dim=-1)
+            kept, scale = dropout_mask(weights.shape, self.dropout, weights.dtype)
+            y = ((weights * kept) @ v) * scale
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         batch, _, length, _ = y.shape
@@ -132,7 +178,7 @@ class MLP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(config.n_embd, 4 * config.n_embd)
         self.proj = nn.Linear(4 * config.n_embd, config.n_embd)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.proj(F.gelu(self.fc(x))))
@@ -186,7 +232,7 @@ class TrajectoryTransformer(nn.Module):
         elif config.position_embedding != "rotary":
             raise ValueError(f"unknown position embedding {config.position_embedding!r}")
         self.map_encoder = MapEncoder(config) if config.map_shape else None
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(width)
         # one bias-free head (width -> V + 1) per position within a transition
