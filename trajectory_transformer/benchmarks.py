@@ -23,7 +23,6 @@ from trajectory_transformer.discretization import DiscretizeSpec, Discretizer
 from trajectory_transformer.model import (
     ModelConfig, TrajectoryTransformer, target_groups, token_losses, weighted_loss,
 )
-from trajectory_transformer.weights import keep_freed_memory
 
 
 @click.group()
@@ -68,9 +67,8 @@ SIZES = {  # (model, batch): the published hopper model, and the offline suite's
                             position_embedding="rotary"), 64),
 }
 VARIANTS = {
-    "ours": "fused SDPA (training on a CPU: word-drawn dropout masks, freed memory kept) and (CUDA) fused AdamW with bf16 autocast",
+    "ours": "fused SDPA (training on a CPU: explicit, with word-drawn dropout masks) and (CUDA) fused AdamW with bf16 autocast",
     "torch-dropout": "ours with PyTorch's CPU dropout (one Mersenne-Twister draw per element) and its SDPA, as before",
-    "glibc-trim": "ours with glibc's default of handing large freed blocks back to the system",
     "plain": "explicit masked attention, unfused AdamW",
     "native-isa": "ours with CPU kernels free to use AVX-512 (the library pins AVX2 for reproducibility)",
     "cpu-bf16": "ours with bf16 autocast on the CPU too, kernels free to use AVX-512 (BF16)",
@@ -86,8 +84,6 @@ def step_figures(variant: str, size: str, device: str, steps: int) -> dict:
     config, batch = SIZES[size]
     if variant == "one-thread":
         torch.set_num_threads(1)
-    if device.type == "cpu" and variant != "glibc-trim":
-        keep_freed_memory()
     model_module.WORD_DRAWN_DROPOUT = variant != "torch-dropout"
     torch.manual_seed(0)
     model = TrajectoryTransformer(config)
@@ -143,13 +139,14 @@ def step_figures(variant: str, size: str, device: str, steps: int) -> dict:
               help="hopper: the published model, batch 256; offline: the offline suite's model on Reacher, batch 64")
 @click.option("--variants", default="ours,plain", show_default=True, help=f"comma-separated, the first is the baseline: {', '.join(VARIANTS)}")
 @click.option("--steps", default=5, show_default=True)
+@click.option("--rounds", default=1, show_default=True, help="run the variants this many times, interleaved; figures of the median round")
 @click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default="cuda if available")
 @click.option("--variant", type=click.Choice(sorted(VARIANTS)), hidden=True)
-def train_step(size: str, variants: str, steps: int, device: str, variant: str | None) -> None:
+def train_step(size: str, variants: str, steps: int, rounds: int, device: str, variant: str | None) -> None:
     """Training steps of one model size, variant by variant, each in its own process (so that
     peak memory, threads and kernel choice are its own), side by side in one run; speedups are
-    against the first variant. Variants: ours, torch-dropout, glibc-trim, plain, native-isa,
-    cpu-bf16, compile, one-thread (see VARIANTS in trajectory_transformer/benchmarks.py)."""
+    against the first variant, median against median. Variants: ours, torch-dropout, plain, native-isa, cpu-bf16, compile, one-thread (see VARIANTS in
+    trajectory_transformer/benchmarks.py)."""
     if variant:
         click.echo(json.dumps(step_figures(variant, size, device, steps)))
         return
@@ -157,14 +154,19 @@ def train_step(size: str, variants: str, steps: int, device: str, variant: str |
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise click.BadParameter(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}", param_hint="--variants")
+    runs = {name: [] for name in names}
+    for _ in range(rounds):
+        for name in names:
+            command = [sys.executable, "-m", "trajectory_transformer.benchmarks", "train-step", "--variant", name,
+                       "--size", size, "--steps", str(steps), "--device", device]
+            # the best the CPU has (torch falls back to what it supports)
+            native = {"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "ALL"} if name in ("native-isa", "cpu-bf16") else {}
+            result = subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ, **native})
+            runs[name].append(json.loads(result.stdout.splitlines()[-1]))
     figures = {}
     for name in names:
-        command = [sys.executable, "-m", "trajectory_transformer.benchmarks", "train-step", "--variant", name,
-                   "--size", size, "--steps", str(steps), "--device", device]
-        # the best the CPU has (torch falls back to what it supports)
-        native = {"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "ALL"} if name in ("native-isa", "cpu-bf16") else {}
-        result = subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ, **native})
-        figures[name] = json.loads(result.stdout.splitlines()[-1])
+        ordered = sorted(runs[name], key=lambda run: run["tokens_per_second"])
+        figures[name] = {**ordered[len(ordered) // 2], "seconds_per_step_of_each_round": [run["seconds_per_step"] for run in runs[name]]}
         figures[name]["speedup"] = round(figures[name]["tokens_per_second"] / figures[names[0]]["tokens_per_second"], 2)
     figures.update(size=size, batch=SIZES[size][1], device=device, threads=torch.get_num_threads())
     click.echo(json.dumps(figures, indent=2))

@@ -33,9 +33,7 @@ from trajectory_transformer.model import (
     TOKEN_GROUPS, ModelConfig, TrajectoryTransformer, parameter_count, target_groups, token_losses, weighted_loss,
 )
 from trajectory_transformer.trajectories import SequenceSpec, joined_paths
-from trajectory_transformer.weights import (
-    keep_freed_memory, load_checkpoint, load_weights, resolve_device, save_checkpoint, save_weights, use_cpu_threads,
-)
+from trajectory_transformer.weights import load_checkpoint, load_weights, resolve_device, save_checkpoint, save_weights, use_cpu_threads
 
 CHECKPOINT_FORMAT = "trajectory-transformer-checkpoint/1"
 MODEL_FORMAT = "trajectory-transformer-model/2"  # /2: the file records its own SHA-256
@@ -366,7 +364,6 @@ def setup_device(run: RunSpec, local_rank: int) -> torch.device:
     device = resolve_device(run.device, local_rank)
     if device.type == "cpu":
         use_cpu_threads(run.cpu_threads)
-        keep_freed_memory()
     else:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

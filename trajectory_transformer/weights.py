@@ -8,7 +8,6 @@ of its header and tensors, checked on every load: a file changed in any byte (co
 storage or transfer, or edited) is refused, and so are non-finite weights.
 """
 
-import ctypes
 import hashlib
 import json
 import os
@@ -41,21 +40,6 @@ def use_cpu_threads(threads: int) -> None:
         torch.use_deterministic_algorithms(True)
     else:
         setter(True, warn_only=False)
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
-
-
-def keep_freed_memory() -> None:
-    """Keep freed memory in the process (glibc only): by default glibc hands large freed blocks
-    back to the system, and the next training step faults the same pages in again (about 6 % of
-    a step at the offline suite's size, whose attention weights are 20 MB tensors)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's largest: blocks up to 32 MiB from the heap
-    libc.mallopt(M_TRIM_THRESHOLD, 2**30)  # and the heap's free top kept up to 1 GiB
 
 
 def save_checkpoint(content: dict, path: Path) -> None:
