@@ -145,8 +145,8 @@ def step_figures(variant: str, size: str, device: str, steps: int) -> dict:
 def train_step(size: str, variants: str, steps: int, rounds: int, device: str, variant: str | None) -> None:
     """Training steps of one model size, variant by variant, each in its own process (so that
     peak memory, threads and kernel choice are its own), side by side in one run; speedups are
-    against the first variant, median against median. Variants: ours, torch-dropout, plain, native-isa, cpu-bf16, compile, one-thread (see VARIANTS in
-    trajectory_transformer/benchmarks.py)."""
+    against the first variant, median against median. Variants: ours, torch-dropout, plain,
+    native-isa, cpu-bf16, compile, one-thread (see VARIANTS in trajectory_transformer/benchmarks.py)."""
     if variant:
         click.echo(json.dumps(step_figures(variant, size, device, steps)))
         return
