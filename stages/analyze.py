@@ -83,7 +83,7 @@ def main(dataset: str, seed: int, data_dir: Path, discretizer_dir: Path, model_d
                                 ("Trajectory Transformer", partially_observed, PARTIALLY_OBSERVED),
                                 ("Markovian", partially_observed_markovian, PARTIALLY_OBSERVED)):
         model, metadata = load_model(folder, device)
-        check_model_inputs(metadata, folder, data_dir, dataset_sha256, discretizer_dir)
+        check_model_inputs(metadata, folder, discretizer_dir, (data_dir, dataset_sha256))
         observed = metadata.get("observed_dims")
         if (observed is None) != (panel == FULLY_OBSERVED) or (panel == PARTIALLY_OBSERVED and partial_view not in (None, observed)):
             raise PipelineError(f"{folder} is not the {panel} model this stage expects (observed dims {observed}): "

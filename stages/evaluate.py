@@ -18,21 +18,13 @@ import torch
 from trajectory_transformer.artifacts import atomic_directory, file_hash, verified_folder_hash, write_json
 from trajectory_transformer.cli import stage_command
 from trajectory_transformer.config import load_params, parse, section
-from trajectory_transformer.critic import load_agent
 from trajectory_transformer.datasets import DatasetSpec
-from trajectory_transformer.discretization import Discretizer
 from trajectory_transformer.errors import PipelineError
-from trajectory_transformer.evaluation import EvaluateSpec, ImitationSpec, PlanningAgent, PolicyAgent, evaluate, summarize
+from trajectory_transformer.evaluation import EvaluateSpec, ImitationSpec, PlanningAgent, evaluate, load_batched_agent, summarize
 from trajectory_transformer.planner import PlannerSpec
-from trajectory_transformer.training import check_model_inputs, load_model
 from trajectory_transformer.weights import resolve_device
 
 PLANNER_SEED_STRIDE = 7919  # planner randomness: a stream per (model seed, evaluation seed)
-
-
-def check_trained_on(metadata: dict, dataset_sha256: str, data_dir: Path, folder: Path) -> None:
-    if metadata["dataset_sha256"] != dataset_sha256:
-        raise PipelineError(f"{folder} was trained on another dataset than {data_dir}: rerun its stage (`dvc repro`)")
 
 
 @click.command()
@@ -59,31 +51,21 @@ def main(dataset: str, seed: int, data_dir: Path, model_dir: Path | None, discre
     device = resolve_device(spec.device)
     if device.type == "cpu":
         torch.set_num_threads(spec.cpu_threads)
-    dataset_sha256 = verified_folder_hash(data_dir, "dataset")
+    data = (data_dir, verified_folder_hash(data_dir, "dataset"))
     if policy_dir is not None:
-        policy, metadata = load_agent(policy_dir, device)
-        check_trained_on(metadata, dataset_sha256, data_dir, policy_dir)
-        agent, weights = PolicyAgent(policy, device), policy_dir / "agent.safetensors"
+        agent = load_batched_agent(policy_dir, device=device, data=data)
+        if isinstance(agent, PlanningAgent):
+            raise PipelineError(f"{policy_dir} holds a Trajectory Transformer: pass it as --model, with --discretizer")
     else:
         planner = parse(PlannerSpec, {**section(params, "plan"), **dataset_spec.plan}, f"plan (with {where}.plan)")
         if imitation:
             planner = dataclasses.replace(planner, mode=parse(ImitationSpec, section(params, "imitation"), "imitation").mode)
-        model, metadata = load_model(model_dir, device)
-        discretizer = Discretizer.load(discretizer_dir / "discretizer.json")
-        check_model_inputs(metadata, model_dir, data_dir, dataset_sha256, discretizer_dir)
-        critic = None
-        if critic_dir is not None:
-            critic, critic_metadata = load_agent(critic_dir, device)
-            check_trained_on(critic_metadata, dataset_sha256, data_dir, critic_dir)
-            if not critic.with_critic:
-                raise PipelineError(f"{critic_dir} holds a {critic_metadata['algorithm']} agent without a critic: "
-                                    "pass an IQL agent from the `critic` stage")
-        agent = PlanningAgent(model, discretizer, planner, seed * PLANNER_SEED_STRIDE + spec.seed, device, critic)
-        weights = model_dir / "model.safetensors"
+        agent = load_batched_agent(model_dir, plan=planner, critic=critic_dir, discretizer=discretizer_dir,
+                                   seed=seed * PLANNER_SEED_STRIDE + spec.seed, device=device, data=data)
     records, times = evaluate(agent, dataset_spec, data_dir, spec)
     summary = summarize(records)
     with atomic_directory(out_dir) as scratch:
-        write_json(scratch / "episodes.json", {"weights_sha256": file_hash(weights), "episodes": records})
+        write_json(scratch / "episodes.json", {"weights_sha256": file_hash(agent.weights), "episodes": records})
         write_json(scratch / "metrics.json", summary)
     write_json(timing, times)
     click.echo(json.dumps(summary))

@@ -11,14 +11,12 @@ from pathlib import Path
 
 import click
 
-from trajectory_transformer.artifacts import file_hash, verified_folder_hash
+from trajectory_transformer.artifacts import file_hash
 from trajectory_transformer.cli import stage_command
 from trajectory_transformer.config import load_params, parse, section
-from trajectory_transformer.datasets import DatasetSpec, load_transitions
-from trajectory_transformer.discretization import Discretizer
-from trajectory_transformer.errors import PipelineError
+from trajectory_transformer.datasets import DatasetSpec
 from trajectory_transformer.trajectories import SequenceSpec, path_maps
-from trajectory_transformer.training import AblationSpec, RunIdentity, TrainSpec, tokenize_paths, train
+from trajectory_transformer.training import AblationSpec, RunIdentity, TrainSpec, load_dataset, tokenize_paths, train
 
 
 @click.command()
@@ -38,12 +36,8 @@ def main(dataset: str, seed: int, data_dir: Path, discretizer_dir: Path, model_d
     dataset_spec = parse(DatasetSpec, section(params, where), where)
     sequence = parse(SequenceSpec, section(params, "sequence"), "sequence")
     spec = parse(TrainSpec, section(params, "train"), "train")
-    discretizer = Discretizer.load(discretizer_dir / "discretizer.json")
-    dataset_sha256 = verified_folder_hash(data_dir, "dataset")
-    if discretizer.dataset_sha256 != dataset_sha256:
-        raise PipelineError(f"the discretizer in {discretizer_dir} was fitted on other data than {data_dir}: "
-                            f"rerun `dvc repro discretize@{dataset}-{discretizer.kind}`")
-    transitions = load_transitions(data_dir, dataset_spec.observation, where)
+    data = load_dataset(data_dir, discretizer_dir, dataset_spec.observation, sequence, where)
+    transitions, discretizer, token_paths = data.transitions, data.discretizer, data.token_paths
     observed_dims = None
     if ablation is not None:
         change_where = f"analyze.ablations.{ablation}"
@@ -56,16 +50,17 @@ def main(dataset: str, seed: int, data_dir: Path, discretizer_dir: Path, model_d
             observed_dims = change.observed_dims(discretizer.observation_dim)
             transitions = dataclasses.replace(transitions, observations=transitions.observations[:, observed_dims])
             discretizer = discretizer.observing(observed_dims)
+        token_paths = tokenize_paths(transitions, discretizer, sequence)
     identity = RunIdentity(
         dataset=dataset,
-        dataset_sha256=dataset_sha256,
+        dataset_sha256=data.sha256,
         discretizer_sha256=file_hash(discretizer_dir / "discretizer.json"),
         discretizer_kind=discretizer.kind,
         seed=seed,
         observed_dims=observed_dims,
         goal_dims=list(dataset_spec.observation.goal_dims or []) if dataset_spec.observation.task == "goal-reaching" else [],
     )
-    train(tokenize_paths(transitions, discretizer, sequence), discretizer, sequence, spec, identity, model_dir, report_dir,
+    train(token_paths, discretizer, sequence, spec, identity, model_dir, report_dir,
           checkpoint, path_maps=path_maps(transitions, sequence))
 
 

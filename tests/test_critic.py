@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from trajectory_transformer.critic import AgentIdentity, BCSpec, IQLSpec, expectile_loss, load_agent, train_agent
+from trajectory_transformer.critic import AgentIdentity, BCSpec, IQLSpec, expectile_loss, load_offline_agent, train_agent
 from trajectory_transformer.datasets import Transitions
 from trajectory_transformer.errors import PipelineError
 from trajectory_transformer.evaluation import PolicyAgent
@@ -42,7 +42,7 @@ def chain_agent(tmp_path_factory):
                    temperature=3.0, reward_shift=0.0, log_every=500, checkpoint_every=1000, device="cpu")
     train_agent(chain_walks(), spec, AgentIdentity("chain", "x", "iql", 0), folder / "agent", folder / "report",
                 folder / "c.pt", progress=False)
-    return load_agent(folder / "agent")[0]
+    return load_offline_agent(folder / "agent")[0]
 
 
 def test_iql_on_a_chain_orders_the_values_correctly(chain_agent):
@@ -68,7 +68,7 @@ def test_the_same_normalization_at_training_and_acting_time(tmp_path):
     data.timeouts[::20] = True
     spec = BCSpec(hidden=[64, 64], updates=1500, learning_rate=1e-3, log_every=500, checkpoint_every=1000, device="cpu")
     train_agent(data, spec, AgentIdentity("line", "x", "bc", 0), tmp_path / "agent", tmp_path / "report", tmp_path / "c.pt", progress=False)
-    agent = load_agent(tmp_path / "agent")[0]
+    agent = load_offline_agent(tmp_path / "agent")[0]
     assert agent.observation_mean.item() == pytest.approx(1000 + x.mean(), abs=1e-3)
     assert agent.observation_std.item() == pytest.approx(x.std(ddof=1), rel=1e-3)
     probe = np.array([[999.5], [1000.0], [1000.5]])
@@ -110,8 +110,8 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
 
 def test_a_missing_or_corrupt_agent_is_one_clear_line(tmp_path):
     with pytest.raises(PipelineError, match="no weights at .*dvc repro"):
-        load_agent(tmp_path / "nothing")
+        load_offline_agent(tmp_path / "nothing")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad/agent.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(PipelineError, match="corrupt"):
-        load_agent(tmp_path / "bad")
+        load_offline_agent(tmp_path / "bad")

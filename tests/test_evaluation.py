@@ -89,3 +89,23 @@ def test_the_maze_evaluation_task_counts_success_apart_from_the_return(tmp_path)
     assert steps == 300 and successes > 0  # the episode runs its full length
     assert total == successes  # the return counts steps at the goal; success is reaching it
     assert np.linalg.norm(obs["achieved_goal"] - env.evaluation_goal) <= mazes.GOAL_RADIUS
+
+
+def test_the_one_environment_agent_plays_the_evaluated_episode(reacher):
+    """`load_agent`'s agent is the evaluate stages' agent run on one environment: same episode."""
+    spec, folder, joined, model = reacher
+    discretizer = Discretizer.fit(joined, "quantile", DiscretizeSpec(n_bins=20), 10, 2)
+    record = evaluate(PlanningAgent(model, discretizer, PLANNER, 3, torch.device("cpu")), spec, folder,
+                      EvaluateSpec(episodes=1, max_episode_steps=6), progress=False)[0][0]
+    env = evaluation.make_env(spec, folder)
+    agent = evaluation.Agent(PlanningAgent(model, discretizer, PLANNER, 3, torch.device("cpu")), action_space=env.action_space)
+    observation, _ = env.reset(seed=record["seed"])
+    agent.reset()
+    reward, total = None, 0.0
+    for _ in range(6):
+        action = agent.act(observation, reward)
+        observation, reward, *_ = env.step(action)
+        total += reward
+    assert total == record["return"]
+    with pytest.raises(evaluation.PipelineError, match="pass the reward"):
+        agent.act(observation)

@@ -3,6 +3,7 @@
 import json
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import yaml
@@ -36,6 +37,30 @@ def params_not_tracked(reads_log, lock: dict) -> dict[str, list[str]]:
             else:
                 found.setdefault(run["stage"], []).append(read)
     return {**found, **({"exceptions never met": sorted(map(str, unmet))} if unmet else {})}
+
+
+def readme_example() -> str:
+    """The README's Python example, as users copy it."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    return re.search(r"## From Python\n.*?```python\n(.*?)```", readme, re.S).group(1)
+
+
+AGENT_KINDS = """
+import numpy as np, trajectory_transformer
+from trajectory_transformer import mazes
+bc = trajectory_transformer.load_agent("models/reacher-medium/bc/seed-0")
+bc.reset()
+assert bc.act(np.zeros(10)).shape == (2,)
+env = mazes.make_evaluation_env("umaze")
+observation, _ = env.reset(seed=0)
+for folder, critic in (("models/pointmaze-umaze/iql/seed-0", None), ("models/pointmaze-umaze/quantile/seed-0", "models/pointmaze-umaze/iql/seed-0")):
+    agent = trajectory_transformer.load_agent(folder, critic=critic, observation={"observation_keys": ["observation"]},
+                                              plan={"horizon": 2, "beam_width": 4} if critic else None, action_space=env.action_space)
+    agent.reset()
+    assert env.action_space.contains(agent.act(observation))
+data = trajectory_transformer.load_dataset("data/raw/reacher-medium", "data/discretized/reacher-medium/quantile")
+assert len(data.token_paths) == 40 and data.token_paths[0].shape[1] == 10 + 2 + 2
+"""
 
 
 def stages(name: str, datasets: list[str], suffix: str = "-quantile-0") -> list[str]:
@@ -86,6 +111,9 @@ def test_suite_switch_and_incremental_reruns(project):
     assert "- reacher-medium: data (behaviour policy) " in report and "; zero actions (doing nothing) " in report
     shown = project.dvc("metrics", "show").stdout
     assert "reports/metrics.json" in shown and "reports/analyze/reacher-medium/quantile/seed-0.json" in shown
+    # the Python API on what the pipeline trained: the README's example, and every kind of agent
+    assert project.run(sys.executable, "-c", readme_example()).stdout.startswith("return -")
+    project.run(sys.executable, "-c", AGENT_KINDS)
 
     # the model analysis: Figure 3's curves for the model, its ablations and the ensemble; Figure 4's maps
     analysis = project.path / "reports/analyze/reacher-medium/quantile/seed-0"
@@ -186,13 +214,21 @@ def test_suite_switch_and_incremental_reruns(project):
     assert not (project.path / "models/x").exists()
 
 
-def test_an_unknown_suite_is_refused(project):
+def test_every_experiment_names_a_suite_that_exists(project):
+    suites = sorted(p.stem for p in (project.path / "conf/suite").glob("*.yaml"))
     result = project.dvc("exp", "run", "-S", "suite=nonexistent", check=False)
     assert result.returncode != 0
     output = result.stderr + result.stdout  # Hydra's message, through DVC: the missing suite, then the ones there are
     assert "Could not find 'suite/nonexistent'" in output
     listed = output.split("Available options in 'suite':")[1].split("Config search path")[0].split()
-    assert listed == sorted(p.stem for p in (project.path / "conf/suite").glob("*.yaml"))
+    assert listed == suites
+    # DVC recomposes params.yaml from each run's overrides: one that names no suite must not run the default one
+    params = (project.path / "params.yaml").read_text()
+    result = project.dvc("exp", "run", "-S", "plan.horizon=5", check=False)
+    assert result.returncode != 0 and "Running stage" not in result.stdout
+    output = result.stderr + result.stdout
+    assert "You must specify 'suite'" in output and output.split("Available options:")[1].split("Having any")[0].split() == suites
+    assert (project.path / "params.yaml").read_text() == params
 
 
 def test_bad_params_stop_a_stage_with_one_line(project):

@@ -1,11 +1,14 @@
 """The Trajectory Transformer: data, discretization, model, planner and evaluation.
 
-This package knows nothing of DVC; the thin commands in `stages/` call it.
+This package knows nothing of DVC; the thin commands in `stages/` call it. What the pipeline
+trained is usable from Python: `load_agent` (a TT, TT+Q, IQL or BC agent that acts in your own
+environment) and `load_dataset` (a dataset's transitions, tokens and discretizer).
 """
 
 __version__ = "0.1.0"
 
 import contextlib
+import importlib
 import io
 import os
 import platform
@@ -23,3 +26,14 @@ if platform.machine().lower() in ("x86_64", "amd64"):
 # stage's error must stay one line, so the package imports it once here, with stderr captured.
 with contextlib.redirect_stderr(io.StringIO()):
     import gymnasium_robotics  # noqa: F401
+
+
+# Imported on first use, not here: every stage imports this package, and DVC reruns a stage when
+# a module it runs changes, so the planner must not become part of the training stages.
+PUBLIC = {"load_agent": "evaluation", "load_dataset": "training"}
+
+
+def __getattr__(name: str):
+    if name in PUBLIC:
+        return getattr(importlib.import_module(f"{__name__}.{PUBLIC[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -359,7 +359,7 @@ def write_agent(agent: OfflineAgent, identity: AgentIdentity, spec: BCSpec, out_
         write_json(scratch / "config.json", metadata)
 
 
-def load_agent(folder: Path, device: torch.device | str = "cpu") -> tuple[OfflineAgent, dict]:
+def load_offline_agent(folder: Path, device: torch.device | str = "cpu") -> tuple[OfflineAgent, dict]:
     """A trained IQL or BC agent and its metadata, loaded without unpickling anything."""
     agent, metadata = load_weights(Path(folder) / "agent.safetensors", AGENT_FORMAT, lambda m: OfflineAgent(
         m["observation_dim"], m["action_dim"], m["hidden"], with_critic=m["algorithm"] == "iql"))

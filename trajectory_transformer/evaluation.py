@@ -21,14 +21,16 @@ import torch
 from tqdm import tqdm
 
 from trajectory_transformer import antmaze
-from trajectory_transformer.config import Count, Natural
-from trajectory_transformer.datasets import GENERATORS, DatasetSpec, flatten_observations, normalized_score, open_dataset, reference_returns
-from trajectory_transformer.critic import OfflineAgent
+from trajectory_transformer.config import Count, Natural, parse
+from trajectory_transformer.critic import OfflineAgent, load_offline_agent
+from trajectory_transformer.datasets import GENERATORS, DatasetSpec, ObservationSpec, flatten_observations, normalized_score, open_dataset, reference_returns
 from trajectory_transformer.discretization import Discretizer
 from trajectory_transformer.errors import PipelineError
 from trajectory_transformer.model import TrajectoryTransformer
 from trajectory_transformer.planner import Critic, PlannerSpec, plan
 from trajectory_transformer.reporting import mean_and_stderr
+from trajectory_transformer.training import check_model_inputs, load_model
+from trajectory_transformer.weights import resolve_device
 
 
 @dataclass
@@ -84,9 +86,10 @@ class PlanningAgent:
     dims of an observation), a map-conditioned one reads each episode's map."""
 
     def __init__(self, model: TrajectoryTransformer, discretizer: Discretizer, planner: PlannerSpec, seed: int,
-                 device: torch.device, critic: Critic | None = None):
+                 device: torch.device, critic: Critic | None = None, weights: Path | None = None):
         planner.check(model, critic)
         self.model, self.discretizer, self.planner, self.critic, self.device = model, discretizer, planner, critic, device
+        self.weights = weights
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.seconds, self.calls = 0.0, 0
 
@@ -96,6 +99,9 @@ class PlanningAgent:
         self.history = [np.zeros((0, D), dtype=np.int64) for _ in goals]
         self.queued = [np.zeros((0, M))] * len(goals)
         self.goals = self.maps = None
+        if (config.goal_length and any(g is None for g in goals)) or (config.map_shape and any(m is None for m in maps)):
+            raise PipelineError("this model plans towards a goal" + (" in a map" if config.map_shape else "")
+                                + ": pass each episode's desired goal" + (" and map" if config.map_shape else "") + " to reset")
         if config.goal_length:
             self.goals = torch.as_tensor(self.discretizer.tokenize(np.stack(goals), config.goal_dims), device=self.device)
         if config.map_shape:
@@ -133,8 +139,8 @@ class PlanningAgent:
 class PolicyAgent:
     """BC or IQL: the policy's mean action for every running environment, in one batch."""
 
-    def __init__(self, agent: OfflineAgent, device: torch.device):
-        self.agent, self.device = agent, device
+    def __init__(self, agent: OfflineAgent, device: torch.device, weights: Path | None = None):
+        self.agent, self.device, self.weights = agent, device, weights
         self.seconds, self.calls = 0.0, 0
 
     def reset(self, goals: list[np.ndarray | None], maps: list[np.ndarray | None]) -> None:
@@ -150,6 +156,101 @@ class PolicyAgent:
 
     def observe(self, i: int, observation: np.ndarray, action: np.ndarray, reward: float) -> None:
         pass
+
+
+def load_batched_agent(folder: str | Path, *, plan: PlannerSpec | dict | None = None, critic: str | Path | None = None,
+                       discretizer: str | Path | None = None, seed: int = 0, device: str | torch.device = "auto",
+                       data: tuple[Path, str] | None = None) -> PlanningAgent | PolicyAgent:
+    """The agent trained in `folder`, verified, acting for several environments at once.
+
+    A Trajectory Transformer (`model.safetensors`) plans as `plan` says (the `plan` params;
+    the published defaults if None) with the discretizer it was trained with (`discretizer`:
+    its folder, by default the pipeline's `data/discretized/<dataset>/<kind>` beside `models/`)
+    and, for TT+Q, the critic of an IQL agent folder. A BC or IQL agent (`agent.safetensors`)
+    acts alone. `data` (a dataset folder and its SHA-256) is checked to be what everything was
+    trained on; `seed` seeds the planner's sampling."""
+    folder = Path(folder)
+    device = resolve_device(device) if isinstance(device, str) else device
+    if not (folder / "model.safetensors").exists() and not (folder / "agent.safetensors").exists():
+        raise PipelineError(f"no weights at {folder} (model.safetensors of TT, agent.safetensors of IQL or BC): "
+                            "run the stage that makes them (`dvc repro`) or `dvc pull`")
+    if (folder / "agent.safetensors").exists():
+        if plan is not None or critic is not None or discretizer is not None:
+            raise PipelineError(f"{folder} holds a BC or IQL agent, which acts alone: give no plan, critic or discretizer")
+        policy, metadata = load_offline_agent(folder, device)
+        check_trained_on(metadata, folder, data)
+        return PolicyAgent(policy, device, folder / "agent.safetensors")
+    model, metadata = load_model(folder, device)
+    discretizer_dir = Path(discretizer) if discretizer is not None else pipeline_discretizer(folder, metadata)
+    check_model_inputs(metadata, folder, discretizer_dir, data)
+    if not isinstance(plan, PlannerSpec):
+        plan = parse(PlannerSpec, plan or {}, "plan")
+    scorer = None
+    if critic is not None:
+        scorer, critic_metadata = load_offline_agent(Path(critic), device)
+        check_trained_on(critic_metadata, Path(critic), data)
+        if not scorer.with_critic:
+            raise PipelineError(f"{critic} holds a {critic_metadata['algorithm']} agent without a critic: "
+                                "pass an IQL agent from the `critic` stage")
+    return PlanningAgent(model, Discretizer.load(discretizer_dir / "discretizer.json"), plan, seed, device, scorer,
+                         folder / "model.safetensors")
+
+
+def pipeline_discretizer(model_dir: Path, metadata: dict) -> Path:
+    """Where the pipeline keeps a model's discretizer: `<root>/data/discretized/<dataset>/<kind>`
+    for a model under `<root>/models/`."""
+    root = next((p.parent for p in model_dir.resolve().parents if p.name == "models"), None)
+    if root is None:
+        raise PipelineError(f"{model_dir} is not under a models/ folder: pass the discretizer's folder (discretizer=...)")
+    return root / "data" / "discretized" / metadata["dataset"] / metadata["discretizer_kind"]
+
+
+def check_trained_on(metadata: dict, folder: Path, data: tuple[Path, str] | None) -> None:
+    if data is not None and metadata["dataset_sha256"] != data[1]:
+        raise PipelineError(f"{folder} was trained on another dataset than {data[0]}: rerun its stage (`dvc repro`)")
+
+
+class Agent:
+    """One environment's agent. Call `reset()` at the start of every episode (with the episode's
+    desired goal and map for goal-reaching models), then `act(observation, reward)` at every step,
+    `reward` being what the environment returned with `observation` (None right after a reset):
+    a Trajectory Transformer conditions on the rewards it has seen."""
+
+    def __init__(self, agent: PlanningAgent | PolicyAgent, observation: ObservationSpec | None = None,
+                 action_space: gym.Space | None = None):
+        self.agent, self.observation, self.action_space = agent, observation, action_space
+        self.last = None
+
+    def reset(self, goal: np.ndarray | None = None, map: np.ndarray | None = None) -> None:
+        self.agent.reset([None if goal is None else np.asarray(goal, dtype=np.float64)], [map])
+        self.last = None
+
+    def act(self, observation, reward: float | None = None):
+        if isinstance(observation, dict) and self.observation is None:
+            raise PipelineError("this observation is a dict: load the agent with observation=... (the dataset's "
+                                "`observation` params, e.g. {'observation_keys': ['observation']})")
+        observation = flat_observation(observation, self.observation or ObservationSpec())
+        if self.last is not None:
+            if reward is None:
+                raise PipelineError("act: pass the reward the environment returned with this observation")
+            self.agent.observe(0, *self.last, float(reward))
+        action = self.agent.act([0], [observation])[0]
+        env_action, action = environment_action(self.action_space, action) if self.action_space is not None else (action, action)
+        self.last = (observation, action)
+        return env_action
+
+
+def load_agent(folder: str | Path, *, plan: PlannerSpec | dict | None = None, critic: str | Path | None = None,
+               discretizer: str | Path | None = None, observation: ObservationSpec | dict | None = None,
+               action_space: gym.Space | None = None, seed: int = 0, device: str = "auto") -> Agent:
+    """A trained TT, TT+Q (`critic`: an IQL agent's folder), IQL or BC agent for your own
+    environment: what the evaluate stages run, one environment at a time. `observation`: the
+    dataset's `observation` params (needed for dict observations); `action_space`: the
+    environment's, to clip (or round, for discrete actions) what the agent returns."""
+    if observation is not None and not isinstance(observation, ObservationSpec):
+        observation = parse(ObservationSpec, observation, "observation")
+    return Agent(load_batched_agent(folder, plan=plan, critic=critic, discretizer=discretizer, seed=seed, device=device),
+                 observation, action_space)
 
 
 def evaluate(
@@ -168,7 +269,7 @@ def evaluate(
         limit = min(limit, spec.max_episode_steps)
     episodes = [Episode(seed=spec.seed * 10_000 + i) for i in range(spec.episodes)]
     first = [env.reset(seed=e.seed)[0] for env, e in zip(envs, episodes)]
-    observations = [flat_observation(obs, dataset) for obs in first]
+    observations = [flat_observation(obs, dataset.observation) for obs in first]
     task = dataset.observation
     goal_reaching = task.task == "goal-reaching"
     goals = [np.asarray(obs[task.goal_key], dtype=np.float64) if goal_reaching else None for obs in first]
@@ -187,7 +288,7 @@ def evaluate(
             env_action, action = environment_action(envs[i].action_space, action)
             obs, reward, terminated, truncated, info = envs[i].step(env_action)
             agent.observe(i, observations[i], action, reward)
-            observations[i] = flat_observation(obs, dataset)
+            observations[i] = flat_observation(obs, dataset.observation)
             episode = episodes[i]
             episode.steps += 1
             episode.total += float(reward)
@@ -222,12 +323,12 @@ def environment_action(space: gym.Space, action: np.ndarray) -> tuple:
     return np.clip(action, space.low, space.high).astype(space.dtype), action
 
 
-def flat_observation(observation, dataset: DatasetSpec) -> np.ndarray:
+def flat_observation(observation, spec: ObservationSpec) -> np.ndarray:
     if isinstance(observation, dict):
         observation = {k: np.asarray(v)[None] for k, v in observation.items()}
     else:
         observation = np.asarray(observation)[None]
-    return flatten_observations(observation, dataset.observation, "evaluation")[0].astype(np.float64)
+    return flatten_observations(observation, spec, "evaluation")[0].astype(np.float64)
 
 
 def summarize(records: list[dict]) -> dict:

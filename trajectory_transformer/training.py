@@ -24,9 +24,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from trajectory_transformer import __version__
-from trajectory_transformer.artifacts import atomic_directory, file_hash, write_json, write_training_report
-from trajectory_transformer.config import Count, Natural, NonNegative, Positive, Probability
-from trajectory_transformer.datasets import Transitions
+from trajectory_transformer.artifacts import atomic_directory, file_hash, verified_folder_hash, write_json, write_training_report
+from trajectory_transformer.config import Count, Natural, NonNegative, Positive, Probability, parse
+from trajectory_transformer.datasets import ObservationSpec, Transitions, load_transitions
 from trajectory_transformer.discretization import Discretizer
 from trajectory_transformer.errors import PipelineError
 from trajectory_transformer.model import (
@@ -212,6 +212,35 @@ def tokenize_paths(transitions: Transitions, discretizer: Discretizer, sequence:
     lengths = [len(p) for p in paths]
     tokens = discretizer.tokenize(np.concatenate(paths))
     return np.split(tokens, np.cumsum(lengths)[:-1])
+
+
+@dataclass
+class TokenizedDataset:
+    """A dataset as the model sees it."""
+
+    transitions: Transitions
+    discretizer: Discretizer  # the one fitted on these transitions
+    token_paths: list[np.ndarray]  # per path, (steps, transition_dim) tokens: observation, action, reward, value
+    sha256: str  # the dataset folder's, as models and agents record it
+
+
+def load_dataset(data_dir: str | Path, discretizer_dir: str | Path, observation: ObservationSpec | dict | None = None,
+                 sequence: SequenceSpec | dict | None = None, where: str = "dataset") -> TokenizedDataset:
+    """A fetched dataset (`data/raw/<name>`) and its discretizer (`data/discretized/<name>/<kind>`),
+    both verified against what their stages recorded, tokenized into paths. `observation` and
+    `sequence` are the dataset's `observation` params and the `sequence` params (defaults if None)."""
+    data_dir, discretizer_dir = Path(data_dir), Path(discretizer_dir)
+    if not isinstance(observation, ObservationSpec):
+        observation = parse(ObservationSpec, observation or {}, f"{where}.observation")
+    if not isinstance(sequence, SequenceSpec):
+        sequence = parse(SequenceSpec, sequence or {}, "sequence")
+    discretizer = Discretizer.load(discretizer_dir / "discretizer.json")
+    sha256 = verified_folder_hash(data_dir, "dataset")
+    if discretizer.dataset_sha256 != sha256:
+        raise PipelineError(f"the discretizer in {discretizer_dir} was fitted on other data than {data_dir}: "
+                            f"rerun its discretize stage (`dvc repro`)")
+    transitions = load_transitions(data_dir, observation, where)
+    return TokenizedDataset(transitions, discretizer, tokenize_paths(transitions, discretizer, sequence), sha256)
 
 
 def validation_split(paths: int, fraction: float) -> tuple[list[int], list[int]]:
@@ -536,11 +565,12 @@ def write_model(model: TrajectoryTransformer, config: ModelConfig, identity: Run
         write_json(scratch / "config.json", metadata)
 
 
-def check_model_inputs(metadata: dict, model_dir: Path, data_dir: Path, dataset_sha256: str, discretizer_dir: Path) -> None:
-    """A trained model belongs to this data and this discretizer, or one line says what to rerun."""
-    if metadata["dataset_sha256"] != dataset_sha256:
-        raise PipelineError(f"{model_dir} was trained on another dataset than {data_dir}: rerun its stage (`dvc repro`)")
-    if metadata["discretizer_sha256"] != file_hash(discretizer_dir / "discretizer.json"):
+def check_model_inputs(metadata: dict, model_dir: Path, discretizer_dir: Path, data: tuple[Path, str] | None = None) -> None:
+    """A trained model belongs to this discretizer (and to the data `(folder, SHA-256)`, when
+    given), or one line says what to rerun."""
+    if data is not None and metadata["dataset_sha256"] != data[1]:
+        raise PipelineError(f"{model_dir} was trained on another dataset than {data[0]}: rerun its stage (`dvc repro`)")
+    if metadata["discretizer_sha256"] != file_hash(Path(discretizer_dir) / "discretizer.json"):
         raise PipelineError(f"the model in {model_dir} was trained with another discretizer than {discretizer_dir}: "
                             "rerun its train stage (`dvc repro`)")
 
