@@ -27,6 +27,8 @@ from trajectory_transformer.reporting import (  # noqa: E402
 )
 from trajectory_transformer.training import TrainSpec  # noqa: E402
 
+TRAINING_CURVES = ("train/loss", "validation/observation", "validation/action")  # dvclive's names, one file each
+
 
 def is_maze(spec: DatasetSpec) -> bool:
     ids = " ".join(np.atleast_1d(spec.fetch.minari_id or []).astype(str))
@@ -87,30 +89,28 @@ def bar_figure(averages: dict[str, float], path: Path) -> None:
     path.with_suffix(".tsv").write_text("method\taverage\n" + "".join(f"{m}\t{v:.4f}\n" for m, v in averages.items()))
 
 
-def training_figure(train_root: Path, dataset: str, kinds: list[str], seeds: list[int], path: Path) -> bool:
-    rows = ["kind\tseed\tmetric\tupdate\tvalue"]
+def training_figure(train_root: Path, dataset: str, kinds: list[str], seeds: list[int], path: Path) -> list[str]:
+    """Draw a dataset's training curves; their rows (dataset, kind, seed, metric, update, value)."""
+    rows = []
     figure, axis = plt.subplots(figsize=(5, 3))
     for kind in kinds:
         for seed in seeds:
-            for metric in ("train/loss", "validation/observation", "validation/action"):
+            for metric in TRAINING_CURVES:
                 tsv = train_root / dataset / kind / f"seed-{seed}" / "live/plots/metrics" / f"{metric}.tsv"
                 if not tsv.exists():
                     continue
                 table = np.loadtxt(tsv, skiprows=1, ndmin=2)
                 axis.plot(table[:, 0], table[:, 1], label=f"{kind} s{seed} {metric}")
-                rows += [f"{kind}\t{seed}\t{metric}\t{int(u)}\t{v:.6f}" for u, v in table]
-    if len(rows) == 1:
-        plt.close(figure)
-        return False
-    axis.set_xlabel("update")
-    axis.set_ylabel("cross-entropy")
-    axis.set_title(dataset)
-    axis.legend(fontsize=6)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100, metadata={"Software": None})
+                rows += [f"{dataset}\t{kind}\t{seed}\t{metric}\t{int(u)}\t{v:.6f}" for u, v in table]
+    if rows:
+        axis.set_xlabel("update")
+        axis.set_ylabel("cross-entropy")
+        axis.set_title(dataset)
+        axis.legend(fontsize=6)
+        figure.tight_layout()
+        figure.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(figure)
-    path.with_suffix(".tsv").write_text("\n".join(rows) + "\n")
-    return True
+    return rows
 
 
 @click.command()
@@ -213,8 +213,8 @@ def main(evaluations: Path, training: Path, datasets_metrics: Path, data: Path, 
     with atomic_directory(out_dir) as scratch:
         (scratch / "results.md").write_text("\n".join(lines))
         bar_figure(averages["normalized_return"] or averages["success_rate"], scratch / "scores.png")
-        for dataset in specs:
-            training_figure(training, dataset, kinds, train.seeds, scratch / f"training-{dataset}.png")
+        curves = [row for dataset in specs for row in training_figure(training, dataset, kinds, train.seeds, scratch / f"training-{dataset}.png")]
+        (scratch / "training-curves.tsv").write_text("\n".join(["dataset\tkind\tseed\tmetric\tupdate\tvalue", *curves]) + "\n")
         for dataset in goal_reaching:
             episodes_file = evaluations / dataset / kinds[0] / f"seed-{train.seeds[0]}" / "episodes.json"
             if episodes_file.exists():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "conf", "stages", "trajectory_transformer", ".dvc/config", ".dvcignore", ".gitignore"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "conf", "stages", "trajectory_transformer", "cluster", "plots", ".dvc/config", ".dvcignore", ".gitignore"]
 
 
 class Project:
@@ -35,10 +35,7 @@ class Project:
 
     def compose(self, suite: str) -> None:
         """params.yaml for a suite, composed by DVC's own Hydra code (what `dvc exp run -S` does)."""
-        self.run(sys.executable, "-c",
-                 "import os, sys; from dvc.utils.hydra import compose_and_dump; "
-                 "compose_and_dump('params.yaml', os.path.abspath('conf'), None, 'config', '.', sys.argv[1:])",
-                 f"suite={suite}")
+        self.run(sys.executable, "cluster/compose_params.py", f"suite={suite}")
 
 
 def make_project(root: Path) -> Project:

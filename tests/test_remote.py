@@ -1,6 +1,7 @@
 """Remote storage: push from one clone, pull into fresh ones, and nothing is recomputed.
 Against the default local-directory remote and a real S3 endpoint (moto's standalone server)."""
 
+import json
 import os
 import socket
 import subprocess
@@ -121,3 +122,40 @@ def test_the_run_cache_restores_reverted_params_without_recomputing(pushed):
     assert "Running stage" not in output and output.count("is cached - skipping run") == len(ran)
     assert "Data and pipelines are up to date" in fresh.dvc("status").stdout
     assert os.path.exists(fresh.path / "reports/evaluate/reacher-medium/quantile/seed-0/metrics.json")
+
+
+def test_an_experiment_travels_through_a_git_remote(pushed):
+    """`dvc exp push` carries an experiment (refs/exps, which `git push` does not) and its data;
+    a second clone lists, pulls and applies it, and has everything it needs."""
+    root, project = pushed
+    first = clone(root, project, "exp-first")
+    origin = root / "origin.git"
+    first.run("git", "init", "-q", "--bare", str(origin))
+    first.run("git", "remote", "set-url", "origin", str(origin))
+    first.run("git", "push", "-q", "origin", "HEAD:master")
+    first.dvc("pull")
+    first.dvc("exp", "run", "-n", "beam-3", "-S", "suite=smoke", "-S", "plan.beam_width=3")
+    first.dvc("exp", "push", "origin", "beam-3")
+
+    second = clone(root, first, "exp-second")  # a sibling: the same default DVC remote
+    second.run("git", "remote", "set-url", "origin", str(origin))
+    assert "beam-3" in second.dvc("exp", "list", "origin").stdout
+    second.dvc("exp", "pull", "origin", "beam-3")
+    second.dvc("exp", "apply", "beam-3")
+    assert "beam_width: 3" in (second.path / "params.yaml").read_text()
+    assert "Data and pipelines are up to date" in second.dvc("status").stdout
+    ran = json.loads((second.path / "reports/evaluate/reacher-medium/quantile/seed-0/metrics.json").read_text())
+    assert ran == json.loads((first.path / "reports/evaluate/reacher-medium/quantile/seed-0/metrics.json").read_text())
+
+
+def test_a_choice_sweep_queues_one_experiment_per_choice(tmp_path):
+    from conftest import make_project
+
+    project = make_project(tmp_path)
+    project.dvc("exp", "run", "--queue", "-S", "suite=smoke", "-S", "train.seeds=[0],[1]")
+    assert project.dvc("queue", "status").stdout.count("Queued") == 2
+    baseline = json.loads(project.dvc("exp", "show", "--json").stdout)[1]  # after the workspace
+    queued = [rev["data"]["params"]["params.yaml"]["data"] for exp in baseline["experiments"] for rev in exp["revs"]]
+    assert sorted(q["train"]["seeds"] for q in queued) == [[0], [1]] and {q["suite_name"] for q in queued} == {"smoke"}
+    project.dvc("queue", "remove", "--queued")
+    assert project.dvc("queue", "status").stdout.count("Queued") == 0

@@ -221,8 +221,8 @@ class Agent:
         self.agent, self.observation, self.action_space = agent, observation, action_space
         self.last = None
 
-    def reset(self, goal: np.ndarray | None = None, map: np.ndarray | None = None) -> None:
-        self.agent.reset([None if goal is None else np.asarray(goal, dtype=np.float64)], [map])
+    def reset(self, goal: np.ndarray | None = None, episode_map: np.ndarray | None = None) -> None:
+        self.agent.reset([None if goal is None else np.asarray(goal, dtype=np.float64)], [episode_map])
         self.last = None
 
     def act(self, observation, reward: float | None = None):
