@@ -182,6 +182,7 @@ def load_batched_agent(folder: str | Path, *, plan: PlannerSpec | dict | None = 
         return PolicyAgent(policy, device, folder / "agent.safetensors")
     model, metadata = load_model(folder, device)
     discretizer_dir = Path(discretizer) if discretizer is not None else pipeline_discretizer(folder, metadata)
+    fitted = Discretizer.load(discretizer_dir / "discretizer.json")  # verified first: a broken file gets its own error
     check_model_inputs(metadata, folder, discretizer_dir, data)
     if not isinstance(plan, PlannerSpec):
         plan = parse(PlannerSpec, plan or {}, "plan")
@@ -192,8 +193,7 @@ def load_batched_agent(folder: str | Path, *, plan: PlannerSpec | dict | None = 
         if not scorer.with_critic:
             raise PipelineError(f"{critic} holds a {critic_metadata['algorithm']} agent without a critic: "
                                 "pass an IQL agent from the `critic` stage")
-    return PlanningAgent(model, Discretizer.load(discretizer_dir / "discretizer.json"), plan, seed, device, scorer,
-                         folder / "model.safetensors")
+    return PlanningAgent(model, fitted, plan, seed, device, scorer, folder / "model.safetensors")
 
 
 def pipeline_discretizer(model_dir: Path, metadata: dict) -> Path:
