@@ -1,16 +1,19 @@
 """Stages `critic` and `bc`: an offline RL agent for one dataset and seed, trained on the same
 observations as the Trajectory Transformer. `critic` trains IQL (its Q and V guide TT+Q, its
-actor is the IQL baseline); `bc` trains the behavior-cloning baseline."""
+actor is the IQL baseline); `bc` trains the behavior-cloning baseline, goal-conditioned (and
+map-conditioned) on a goal-reaching dataset, categorical on discrete actions."""
 
 from pathlib import Path
 
 import click
+import gymnasium as gym
 
 from trajectory_transformer.artifacts import verified_folder_hash
 from trajectory_transformer.cli import stage_command
 from trajectory_transformer.config import load_params, parse, section
 from trajectory_transformer.critic import AgentIdentity, BCSpec, IQLSpec, train_agent
-from trajectory_transformer.datasets import DatasetSpec, load_transitions
+from trajectory_transformer.datasets import DatasetSpec, load_transitions, open_dataset
+from trajectory_transformer.trajectories import SequenceSpec
 
 
 @click.command()
@@ -28,9 +31,18 @@ def main(algorithm: str, dataset: str, seed: int, data_dir: Path, out_dir: Path,
     dataset_spec = parse(DatasetSpec, section(params, where), where)
     name = "critic" if algorithm == "iql" else "bc"
     spec = parse(IQLSpec if algorithm == "iql" else BCSpec, section(params, name), name)
-    identity = AgentIdentity(dataset=dataset, dataset_sha256=verified_folder_hash(data_dir, "dataset"), algorithm=algorithm, seed=seed)
-    transitions = load_transitions(data_dir, dataset_spec.observation, where)
-    train_agent(transitions, spec, identity, out_dir, report_dir, checkpoint)
+    observation = dataset_spec.observation
+    goal_reaching = observation.task == "goal-reaching"
+    # where paths end decides a goal-conditioned BC's goals; read only then (the critic stage does not track it)
+    max_path_length = parse(SequenceSpec, section(params, "sequence"), "sequence").max_path_length if goal_reaching else None
+    identity = AgentIdentity(dataset=dataset, dataset_sha256=verified_folder_hash(data_dir, "dataset"), algorithm=algorithm, seed=seed,
+                             goal_dims=list(observation.goal_dims) if goal_reaching else [],
+                             max_path_length=max_path_length,
+                             map_conditioned=observation.map_key is not None)
+    transitions = load_transitions(data_dir, observation, where)
+    action_space = open_dataset(data_dir).action_space
+    action_choices = int(action_space.n) if isinstance(action_space, gym.spaces.Discrete) else 0
+    train_agent(transitions, spec, identity, out_dir, report_dir, checkpoint, action_choices)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ from trajectory_transformer.reporting import (  # noqa: E402
 )
 from trajectory_transformer.training import TrainSpec  # noqa: E402
 
-TRAINING_CURVES = ("train/loss", "validation/observation", "validation/action")  # dvclive's names, one file each
+# dvclive's names, one file each; the last only for goal-conditioned models (their actions given another goal)
+TRAINING_CURVES = ("train/loss", "validation/observation", "validation/action", "validation/action_other_goal")
 
 
 def is_maze(spec: DatasetSpec) -> bool:
@@ -171,8 +172,10 @@ def main(evaluations: Path, training: Path, datasets_metrics: Path, data: Path, 
     if goal_reaching:
         lines += ["## Goal reaching (paper section 4.2 and appendix F): goals reached × 100", "",
                   "Held-out start/goal pairs (four rooms) or held-out maps (MiniGrid), never in the training data; "
-                  "the goal-conditioned model plans by likelihood towards the desired final state.", "",
-                  score_table(results, goal_reaching, [f"TT ({k})" for k in kinds], maze=True)]
+                  "the goal-conditioned model plans by likelihood towards the desired final state; BC is "
+                  "goal-conditioned too, given the same goal (and map) as inputs.", "",
+                  score_table(results, goal_reaching, [f"TT ({k})" for k in kinds]
+                              + ["BC"] * any("BC" in results.get(d, {}) for d in goal_reaching), maze=True)]
         lines += [f"- {d}, {m}: {sum(r.successes)} of {len(r.successes)} goals reached; executed paths: `paths-{d}.png`"
                   for d in goal_reaching for m, r in results.get(d, {}).items()] + [""]
     # returns and success rates are different quantities: aggregate each over its own datasets

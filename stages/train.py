@@ -15,7 +15,7 @@ from trajectory_transformer.artifacts import file_hash
 from trajectory_transformer.cli import stage_command
 from trajectory_transformer.config import load_params, parse, section
 from trajectory_transformer.datasets import DatasetSpec
-from trajectory_transformer.trajectories import SequenceSpec, path_maps
+from trajectory_transformer.trajectories import SequenceSpec, path_goals, path_maps
 from trajectory_transformer.training import AblationSpec, RunIdentity, TrainSpec, load_dataset, tokenize_paths, train
 
 
@@ -60,8 +60,9 @@ def main(dataset: str, seed: int, data_dir: Path, discretizer_dir: Path, model_d
         observed_dims=observed_dims,
         goal_dims=list(dataset_spec.observation.goal_dims or []) if dataset_spec.observation.task == "goal-reaching" else [],
     )
+    goals = path_goals(transitions, sequence, identity.goal_dims) if identity.goal_dims else None
     train(token_paths, discretizer, sequence, spec, identity, model_dir, report_dir,
-          checkpoint, path_maps=path_maps(transitions, sequence))
+          checkpoint, path_goals=goals, path_maps=path_maps(transitions, sequence))
 
 
 if __name__ == "__main__":

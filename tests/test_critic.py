@@ -115,3 +115,50 @@ def test_a_missing_or_corrupt_agent_is_one_clear_line(tmp_path):
     (tmp_path / "bad/agent.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(PipelineError, match="corrupt"):
         load_offline_agent(tmp_path / "bad")
+
+
+def test_goal_conditioned_bc_heads_for_the_goal_it_is_given(tmp_path):
+    """Paths on a line, each heading for the point it ends in: action +0.5 towards a goal above,
+    -0.5 towards one below. A policy that did not read each path's final state as its goal
+    could only learn the average action, about 0, wherever it stands."""
+    rng = np.random.default_rng(0)
+    observations, following, actions, ends = [], [], [], []
+    for _ in range(300):
+        start, goal = rng.uniform(-2, 2, size=2)
+        x = np.linspace(start, goal, 7)
+        observations.append(x[:-1])
+        following.append(x[1:])
+        actions.append(np.full(6, 0.5 if goal > start else -0.5))
+        ends.append(np.arange(6) == 5)
+    ends = np.concatenate(ends)
+    column = lambda parts: np.concatenate(parts).astype(np.float32)[:, None]  # noqa: E731
+    data = Transitions(column(observations), column(actions), np.zeros(len(ends), np.float32), ends, np.zeros(len(ends), bool),
+                       next_observations=column(following))
+    spec = BCSpec(hidden=[64, 64], updates=800, learning_rate=1e-3, log_every=400, checkpoint_every=1000, device="cpu")
+    identity = AgentIdentity("line", "x", "bc", 0, goal_dims=[0], max_path_length=1000)
+    train_agent(data, spec, identity, tmp_path / "agent", tmp_path / "report", tmp_path / "c.pt", progress=False)
+    acting = PolicyAgent(load_offline_agent(tmp_path / "agent")[0], torch.device("cpu"))
+    acting.reset([np.array([1.5]), np.array([-1.5])], [None, None])
+    toward_high, toward_low = np.array(acting.act([0, 1], [np.array([0.0]), np.array([0.0])]))[:, 0]
+    assert toward_high > 0.3 and toward_low < -0.3
+    with pytest.raises(PipelineError, match="pass each episode's desired goal"):
+        acting.reset([None, None], [None, None])
+
+
+def test_map_conditioned_bc_picks_the_discrete_action_its_map_shows(tmp_path):
+    """The discrete action (0..3) is the cell of a 2 x 2 map that holds code 2: only a
+    categorical policy reading the map gets it; a Gaussian on the index would average it."""
+    rng = np.random.default_rng(0)
+    marked = rng.integers(0, 4, size=2000)
+    maps = np.ones((2000, 2, 2), np.uint8)
+    maps.reshape(2000, 4)[np.arange(2000), marked] = 2
+    data = Transitions(np.zeros((2000, 1), np.float32), marked.astype(np.float32)[:, None], np.zeros(2000, np.float32),
+                       np.zeros(2000, bool), np.arange(2000) % 10 == 9, maps=maps)
+    spec = BCSpec(hidden=[32], updates=400, learning_rate=3e-3, log_every=200, checkpoint_every=1000, device="cpu")
+    identity = AgentIdentity("cells", "x", "bc", 0, map_conditioned=True)
+    train_agent(data, spec, identity, tmp_path / "agent", tmp_path / "report", tmp_path / "c.pt", action_choices=4, progress=False)
+    acting = PolicyAgent(load_offline_agent(tmp_path / "agent")[0], torch.device("cpu"))
+    probes = np.ones((4, 2, 2), np.uint8)
+    probes.reshape(4, 4)[np.arange(4), np.arange(4)] = 2
+    acting.reset([None] * 4, list(probes))
+    assert np.array(acting.act([0, 1, 2, 3], [np.zeros(1)] * 4))[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0]

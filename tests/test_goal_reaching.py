@@ -9,6 +9,7 @@ from trajectory_transformer import gridworld, mazes
 from trajectory_transformer.datasets import FetchSpec, ObservationSpec, fetch, load_transitions, open_dataset
 from trajectory_transformer.errors import PipelineError
 from trajectory_transformer.evaluation import environment_action
+from trajectory_transformer.trajectories import SequenceSpec, path_goals
 
 
 def cell_of(maze_env, position) -> tuple[int, int]:
@@ -85,6 +86,10 @@ def test_generated_minigrid_episodes_run_on_training_maps_and_carry_them(tmp_pat
         assert np.array_equal(episode.observations["goal"][0], env.goal_position)
         start += steps
     assert data.observations.shape[1] == 4 and set(np.unique(data.actions)) <= {0, 1, 2, 3}
+    # a path's goal is the square it ends on, the goal square the evaluation names, not the one
+    # its last step starts from (next to the goal)
+    goals = path_goals(data, SequenceSpec(), [0, 1])
+    assert np.array_equal(goals, np.stack([episode.observations["goal"][0] for episode in episodes]))
 
 
 def test_evaluation_actions_fit_their_action_space():

@@ -102,7 +102,11 @@ def test_suite_switch_and_incremental_reruns(project):
     minigrid = json.loads((project.path / "reports/evaluate/minigrid-multiroom/quantile/seed-0/episodes.json").read_text())
     assert np.array(minigrid["episodes"][0]["map"]).shape == (25, 25)  # its map travels with each episode
     assert json.loads((project.path / "models/minigrid-multiroom/quantile/seed-0/config.json").read_text())["model_config"]["map_shape"] == [25, 25]
-    assert not (project.path / "reports/evaluate/pointmaze-fourrooms/bc").exists()  # BC sees no goal: not run
+    for dataset in GOALS:  # goal-conditioned BC, a column of the goal-reaching table
+        assert len(json.loads((project.path / f"reports/evaluate/{dataset}/bc/seed-0/episodes.json").read_text())["episodes"]) == 2
+    gridworld_bc = json.loads((project.path / "models/minigrid-multiroom/bc/seed-0/config.json").read_text())
+    assert (gridworld_bc["goal_dim"], gridworld_bc["map_shape"], gridworld_bc["action_choices"]) == (2, [25, 25], 4)
+    assert "| pointmaze-fourrooms | " in report.split("## Goal reaching")[1] and "| BC |" in report.split("## Goal reaching")[1]
     summary = json.loads((project.path / "reports/metrics.json").read_text())
     assert "average" in summary
     row = summary["score"]["pointmaze-umaze"]["TT+Q (quantile)"]  # per row what `dvc exp show` compares

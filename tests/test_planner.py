@@ -9,7 +9,7 @@ from trajectory_transformer.discretization import DiscretizeSpec, Discretizer
 from trajectory_transformer.errors import PipelineError
 from trajectory_transformer.model import ModelConfig, TrajectoryTransformer
 from trajectory_transformer.planner import PlannerSpec, drop_duplicates, filter_logits, make_decoder, plan
-from trajectory_transformer.trajectories import SequenceSpec, joined_paths
+from trajectory_transformer.trajectories import SequenceSpec, joined_paths, path_bounds
 from trajectory_transformer.training import ArchitectureSpec, OptimSpec, RunIdentity, RunSpec, TrainSpec, load_model, tokenize_paths, train
 
 
@@ -144,9 +144,11 @@ def train_toy(tmp_path, transitions: Transitions, n_bins: int = 8, goal_dims: li
     spec = TrainSpec(model=ArchitectureSpec(n_layer=2, n_head=2, n_embd=32, dropout=0.0, position_embedding="rotary"),
                      optim=OptimSpec(learning_rate=3e-3, batch_size=32, max_updates=300, warmup_updates=20),
                      run=RunSpec(eval_every=300, checkpoint_every=1000, device="cpu", cpu_threads=2))
+    # a toy walk's last row is its final state: its goal
+    goals = np.stack([transitions.observations[end - 1, list(goal_dims)] for _, end in path_bounds(transitions, 10)]) if goal_dims else None
     train(tokenize_paths(transitions, discretizer, sequence), discretizer, sequence, spec,
           RunIdentity("toy", "a", "b", "uniform", 0, goal_dims=list(goal_dims)), tmp_path / "m", tmp_path / "r", tmp_path / "c.pt",
-          progress=False)
+          progress=False, path_goals=goals)
     return load_model(tmp_path / "m")[0], discretizer
 
 

@@ -164,8 +164,9 @@ def test_a_cuda_request_without_cuda_is_refused(tmp_path, monkeypatch):
 def test_the_goal_conditioned_variant_trains_with_the_final_state_first(tmp_path):
     token_paths, discretizer = toy_setup()
     spec = toy_spec(20)
+    final_states = np.stack([discretizer.reconstruct(p[-1:, :1], slice(0, 1))[0] for p in token_paths])
     train(token_paths, discretizer, SEQUENCE, spec, RunIdentity("x", "a", "b", "uniform", 0, goal_dims=[0]),
-          tmp_path / "m", tmp_path / "r", tmp_path / "c.pt", progress=False)
+          tmp_path / "m", tmp_path / "r", tmp_path / "c.pt", progress=False, path_goals=final_states)
     model, metadata = load_model(tmp_path / "m")
     assert metadata["model_config"]["goal_dims"] == [0]
     tokens = torch.from_numpy(token_paths[0][:2].reshape(1, -1))

@@ -9,7 +9,11 @@ exp(temperature * (Q - V)) capped at `max_weight`. AntMaze subtracts 1 from ever
 stored inside the networks as buffers, so training and planning apply the very same
 normalization.
 
-Behavior cloning is the same Gaussian policy fitted with every weight 1 (no critic).
+Behavior cloning is the same Gaussian policy fitted with every weight 1 (no critic); with
+discrete actions (MiniGrid) a categorical policy. Goal-conditioned BC, the baseline of goal
+reaching, reads the state each path ends in (the goal dims the Trajectory Transformer puts first)
+after the observation, and a map-conditioned one also the map, one-hot: the same information the
+goal-conditioned Trajectory Transformer is given.
 
 `OfflineAgent` holds one run's networks, the normalization, and the methods the planner and the
 evaluation call (`q`, `v`, `act`); `BehaviorCloning` and `ImplicitQLearning` hold its optimizers,
@@ -36,6 +40,7 @@ from trajectory_transformer.artifacts import atomic_directory, write_json, write
 from trajectory_transformer.config import Count, NonNegative, Positive, Probability
 from trajectory_transformer.datasets import Transitions
 from trajectory_transformer.errors import PipelineError
+from trajectory_transformer.trajectories import SequenceSpec, path_bounds, path_goals
 from trajectory_transformer.weights import load_checkpoint, load_weights, resolve_device, save_checkpoint, save_weights, use_cpu_threads
 
 CHECKPOINT_FORMAT = "offline-agent-checkpoint/1"
@@ -84,16 +89,23 @@ def mlp(inputs: int, hidden: list[int], outputs: int) -> nn.Sequential:
 
 
 class OfflineAgent(nn.Module):
-    """A policy, and for IQL the critics, over standardized observations."""
+    """A policy, and for IQL the critics, over standardized observations (for a goal-conditioned
+    policy: the observation and its goal, `goal_dim` more inputs, standardized together; for a
+    map-conditioned one, then the one-hot (H, W) map of `map_codes` codes). `action_choices` > 0:
+    a categorical policy over that many discrete actions, else a Gaussian."""
 
-    def __init__(self, observation_dim: int, action_dim: int, hidden: list[int], with_critic: bool):
+    def __init__(self, observation_dim: int, action_dim: int, hidden: list[int], with_critic: bool,
+                 goal_dim: int = 0, map_shape: tuple[int, ...] = (), map_codes: int = 0, action_choices: int = 0):
         super().__init__()
-        self.register_buffer("observation_mean", torch.zeros(observation_dim))
-        self.register_buffer("observation_std", torch.ones(observation_dim))
+        self.goal_dim, self.map_shape, self.map_codes, self.action_choices = goal_dim, tuple(map_shape), map_codes, action_choices
+        self.register_buffer("observation_mean", torch.zeros(observation_dim + goal_dim))
+        self.register_buffer("observation_std", torch.ones(observation_dim + goal_dim))
         self.register_buffer("action_low", -torch.ones(action_dim))
         self.register_buffer("action_high", torch.ones(action_dim))
-        self.policy = mlp(observation_dim, hidden, action_dim)
-        self.log_std = nn.Parameter(torch.zeros(action_dim))
+        map_inputs = int(np.prod(map_shape)) * map_codes if map_codes else 0
+        self.policy = mlp(observation_dim + goal_dim + map_inputs, hidden, action_choices or action_dim)
+        if not action_choices:
+            self.log_std = nn.Parameter(torch.zeros(action_dim))
         self.with_critic = with_critic
         if with_critic:
             self.q1 = mlp(observation_dim + action_dim, hidden, 1)
@@ -103,19 +115,36 @@ class OfflineAgent(nn.Module):
     def normalize(self, observations: torch.Tensor) -> torch.Tensor:
         return (observations - self.observation_mean) / self.observation_std
 
-    def mean_action(self, observations: torch.Tensor) -> torch.Tensor:
-        """The policy's mean: tanh squashed into the data's action range."""
-        half = (self.action_high - self.action_low) / 2
-        return self.action_low + half * (1 + torch.tanh(self.policy(self.normalize(observations))))
+    def policy_output(self, observations: torch.Tensor, goals: torch.Tensor | None = None,
+                      maps: torch.Tensor | None = None) -> torch.Tensor:
+        if (goals is None) != (self.goal_dim == 0) or (maps is None) != (self.map_codes == 0):
+            raise ValueError("a goal- or map-conditioned policy needs its goals and maps, and no other does")
+        inputs = self.normalize(observations if goals is None else torch.cat([observations, goals], dim=-1))
+        if maps is not None:
+            one_hot = F.one_hot(maps.long().clamp(max=self.map_codes - 1), self.map_codes)
+            inputs = torch.cat([inputs, one_hot.flatten(-3).to(inputs.dtype)], dim=-1)
+        return self.policy(inputs)
 
-    def log_prob(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def mean_action(self, observations: torch.Tensor, goals: torch.Tensor | None = None,
+                    maps: torch.Tensor | None = None) -> torch.Tensor:
+        """The Gaussian policy's mean: tanh squashed into the data's action range."""
+        half = (self.action_high - self.action_low) / 2
+        return self.action_low + half * (1 + torch.tanh(self.policy_output(observations, goals, maps)))
+
+    def log_prob(self, observations: torch.Tensor, actions: torch.Tensor, goals: torch.Tensor | None = None,
+                 maps: torch.Tensor | None = None) -> torch.Tensor:
+        if self.action_choices:
+            logits = self.policy_output(observations, goals, maps).log_softmax(-1)
+            return logits.gather(-1, actions.long()).squeeze(-1)
         std = self.log_std.clamp(*LOG_STD_RANGE).exp()
-        return torch.distributions.Normal(self.mean_action(observations), std).log_prob(actions).sum(-1)
+        return torch.distributions.Normal(self.mean_action(observations, goals, maps), std).log_prob(actions).sum(-1)
 
     @torch.no_grad()
-    def act(self, observations: torch.Tensor) -> torch.Tensor:
-        """The action executed in evaluation: the policy's mean."""
-        return self.mean_action(observations)
+    def act(self, observations: torch.Tensor, goals: torch.Tensor | None = None, maps: torch.Tensor | None = None) -> torch.Tensor:
+        """The action executed in evaluation: the policy's mean, or its most likely discrete action (as its index)."""
+        if self.action_choices:
+            return self.policy_output(observations, goals, maps).argmax(-1, keepdim=True).to(observations.dtype)
+        return self.mean_action(observations, goals, maps)
 
     def q_pair(self, observations: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = torch.cat([self.normalize(observations), actions], dim=-1)
@@ -146,19 +175,31 @@ class TransitionTensors:
     rewards: torch.Tensor
     next_observations: torch.Tensor
     not_done: torch.Tensor
+    goals: torch.Tensor | None = None  # goal-conditioned BC: each step's goal
+    maps: torch.Tensor | None = None  # map-conditioned BC: each step's map, uint8
 
     def __len__(self) -> int:
         return len(self.actions)
 
     def __getitem__(self, index: torch.Tensor) -> "TransitionTensors":
-        return TransitionTensors(self.observations[index], self.actions[index], self.rewards[index],
-                                 self.next_observations[index], self.not_done[index])
+        return TransitionTensors(*(None if part is None else part[index] for part in (
+            self.observations, self.actions, self.rewards, self.next_observations, self.not_done, self.goals, self.maps)))
 
 
-def transition_tensors(transitions: Transitions, reward_shift: float, device: torch.device) -> TransitionTensors:
+def step_goals(transitions: Transitions, goal_dims: list[int], max_path_length: int) -> np.ndarray:
+    """(T, G): the goal of every step, its path's goal as the goal-conditioned Trajectory
+    Transformer is trained with it (`path_goals`: the state the path ends in)."""
+    sequence = SequenceSpec(max_path_length=max_path_length)
+    lengths = [end - start for start, end in path_bounds(transitions, max_path_length)]
+    return np.repeat(path_goals(transitions, sequence, goal_dims), lengths, axis=0).astype(np.float32)
+
+
+def transition_tensors(transitions: Transitions, reward_shift: float, device: torch.device,
+                       goals: np.ndarray | None = None, with_maps: bool = False) -> TransitionTensors:
     """(s, a, r + shift, s', 1 - terminal) for every step with a known successor: a step that
     ends an episode by time-out has none (its next row belongs to another episode) and is
-    dropped, as D4RL's `qlearning_dataset` does; a terminal step needs none."""
+    dropped, as D4RL's `qlearning_dataset` does; a terminal step needs none. Behavior cloning
+    needs no successor; it drops the same steps, so both train on one set."""
     steps = len(transitions.actions)
     keep = ~transitions.timeouts
     following = np.minimum(np.arange(steps) + 1, steps - 1)
@@ -173,6 +214,8 @@ def transition_tensors(transitions: Transitions, reward_shift: float, device: to
         rewards=tensor(transitions.rewards + reward_shift),
         next_observations=tensor(transitions.observations[following]),
         not_done=tensor(~transitions.terminals),
+        goals=None if goals is None else tensor(goals),
+        maps=torch.as_tensor(np.ascontiguousarray(transitions.maps[keep]), device=device) if with_maps else None,
     )
 
 
@@ -188,6 +231,9 @@ class AgentIdentity:
     dataset_sha256: str
     algorithm: Literal["iql", "bc"]
     seed: int
+    goal_dims: list[int] = field(default_factory=list)  # goal-conditioned BC: the goal's dims of the observation
+    max_path_length: int | None = None  # where paths are cut, which decides each step's goal
+    map_conditioned: bool = False  # BC reads each step's map
 
     def fingerprint(self, spec: BCSpec) -> str:
         # everything but the logging cadence and the list of datasets, left unread (the params check counts reads)
@@ -207,7 +253,8 @@ class BehaviorCloning:
 
     def __init__(self, agent: OfflineAgent, spec: BCSpec):
         self.agent, self.spec = agent, spec
-        self.actor_optimizer = torch.optim.Adam([*agent.policy.parameters(), agent.log_std], lr=spec.learning_rate)
+        self.actor_optimizer = torch.optim.Adam([*agent.policy.parameters(), *([agent.log_std] if not agent.action_choices else [])],
+                                                lr=spec.learning_rate)
         self.actor_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_optimizer, spec.updates)
 
     def state(self) -> dict:
@@ -219,7 +266,7 @@ class BehaviorCloning:
         return self.update_actor(batch, torch.ones(len(batch), device=batch.actions.device))[None]
 
     def update_actor(self, batch: TransitionTensors, weights: torch.Tensor) -> torch.Tensor:
-        loss = -(weights * self.agent.log_prob(batch.observations, batch.actions)).mean()
+        loss = -(weights * self.agent.log_prob(batch.observations, batch.actions, batch.goals, batch.maps)).mean()
         self.actor_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.actor_optimizer.step()
@@ -284,24 +331,35 @@ class ImplicitQLearning(BehaviorCloning):
 
 
 def train_agent(transitions: Transitions, spec: BCSpec, identity: AgentIdentity, out_dir: Path, report_dir: Path,
-                checkpoint: Path, progress: bool = True) -> dict:
+                checkpoint: Path, action_choices: int = 0, progress: bool = True) -> dict:
     """Train IQL (spec: IQLSpec) or BC (spec: BCSpec); write `agent.safetensors` and
-    `config.json` to `out_dir`, metrics and dvclive curves to `report_dir`."""
+    `config.json` to `out_dir`, metrics and dvclive curves to `report_dir`. `action_choices`:
+    the number of discrete actions (a categorical BC policy), 0 for continuous ones."""
     iql = identity.algorithm == "iql"
     if iql and not isinstance(spec, IQLSpec):
         raise TypeError("IQL needs an IQLSpec")
+    if iql and (identity.goal_dims or identity.map_conditioned or action_choices):
+        raise PipelineError(f"IQL here takes continuous actions and no goal: dataset {identity.dataset} is for BC only "
+                            "(remove it from params critic.datasets)")
+    if identity.map_conditioned and transitions.maps is None:
+        raise PipelineError(f"dataset {identity.dataset} has no maps: set its observation.map_key")
     device = resolve_device(spec.device)
     if device.type == "cpu":
         use_cpu_threads(spec.cpu_threads)
-    data = transition_tensors(transitions, spec.reward_shift if iql else 0.0, device)
+    goals = step_goals(transitions, identity.goal_dims, identity.max_path_length) if identity.goal_dims else None
+    data = transition_tensors(transitions, spec.reward_shift if iql else 0.0, device, goals, identity.map_conditioned)
     if len(data) < 2:
         raise PipelineError(f"dataset {identity.dataset} has fewer than 2 usable transitions for {identity.algorithm}")
 
     torch.manual_seed(identity.seed)
-    agent = OfflineAgent(data.observations.shape[1], data.actions.shape[1], spec.hidden, with_critic=iql).to(device)
+    maps = data.maps
+    agent = OfflineAgent(data.observations.shape[1], data.actions.shape[1], spec.hidden, with_critic=iql,
+                         goal_dim=len(identity.goal_dims), map_shape=tuple(maps.shape[1:]) if maps is not None else (),
+                         map_codes=int(maps.max()) + 1 if maps is not None else 0, action_choices=action_choices).to(device)
     if spec.normalize_observations:
-        agent.observation_mean.copy_(data.observations.mean(0))
-        agent.observation_std.copy_(data.observations.std(0).clamp(min=1e-3))
+        inputs = data.observations if data.goals is None else torch.cat([data.observations, data.goals], dim=-1)
+        agent.observation_mean.copy_(inputs.mean(0))
+        agent.observation_std.copy_(inputs.std(0).clamp(min=1e-3))
     agent.action_low.copy_(data.actions.min(0).values)
     agent.action_high.copy_(data.actions.max(0).values)
     algorithm = ImplicitQLearning(agent, spec) if iql else BehaviorCloning(agent, spec)
@@ -350,8 +408,10 @@ def train_agent(transitions: Transitions, spec: BCSpec, identity: AgentIdentity,
 
 def write_agent(agent: OfflineAgent, identity: AgentIdentity, spec: BCSpec, out_dir: Path, report_dir: Path,
                 metrics: dict, history: list[dict]) -> None:
-    metadata = {**asdict(identity), "observation_dim": agent.observation_mean.shape[0],
-                "action_dim": agent.action_low.shape[0], "hidden": spec.hidden, "library_version": __version__,
+    metadata = {**asdict(identity), "observation_dim": agent.observation_mean.shape[0] - agent.goal_dim,
+                "action_dim": agent.action_low.shape[0], "goal_dim": agent.goal_dim, "map_shape": list(agent.map_shape),
+                "map_codes": agent.map_codes, "action_choices": agent.action_choices,
+                "hidden": spec.hidden, "library_version": __version__,
                 "torch_version": torch.__version__.split("+")[0]}
     write_training_report(report_dir, metrics, history)
     with atomic_directory(out_dir) as scratch:
@@ -362,5 +422,6 @@ def write_agent(agent: OfflineAgent, identity: AgentIdentity, spec: BCSpec, out_
 def load_offline_agent(folder: Path, device: torch.device | str = "cpu") -> tuple[OfflineAgent, dict]:
     """A trained IQL or BC agent and its metadata, loaded without unpickling anything."""
     agent, metadata = load_weights(Path(folder) / "agent.safetensors", AGENT_FORMAT, lambda m: OfflineAgent(
-        m["observation_dim"], m["action_dim"], m["hidden"], with_critic=m["algorithm"] == "iql"))
+        m["observation_dim"], m["action_dim"], m["hidden"], with_critic=m["algorithm"] == "iql", goal_dim=m.get("goal_dim", 0),
+        map_shape=tuple(m.get("map_shape", ())), map_codes=m.get("map_codes", 0), action_choices=m.get("action_choices", 0)))
     return agent.to(device).eval(), metadata

@@ -452,6 +452,7 @@ class Transitions:
     timeouts: np.ndarray  # (T,) bool: an episode cut without a terminal
     successes: np.ndarray | None = None  # (T,) bool: terminals that reach the task's goal (they keep their reward)
     maps: np.ndarray | None = None  # (T, H, W) uint8 map images given to the model as context (MiniGrid)
+    next_observations: np.ndarray | None = None  # (T, N) the observation after each step: goal reaching's goals
 
 
 @dataclass
@@ -462,7 +463,7 @@ class ObservationSpec:
     Table 2) relabels rewards and terminals for the maze's fixed evaluation goal (`antmaze`), the
     data's own rewards being for goals the observation does not hold; `task: goal-conditioned` recomputes the sparse
     reward for each episode's own desired goal; `task: goal-reaching` (the paper's section 4.2)
-    trains the goal-conditioned model: the `goal_dims` of each path's final state sit first in
+    trains the goal-conditioned model: the `goal_dims` of the state each path ends in sit first in
     every sequence, and at evaluation the planner conditions on the observation's `goal_key`
     instead. Dict observations are flattened by concatenating `observation_keys` in the listed
     order (PointMaze offline-RL: [observation]; goal-conditioned: [observation, desired_goal];
@@ -550,7 +551,7 @@ def load_transitions(folder: Path, spec: ObservationSpec, where: str = "dataset"
                             "observation does not hold: set task fixed-goal (D4RL's task: rewards for one fixed goal)")
     if task is None and spec.task == "fixed-goal":
         raise PipelineError(f"params {where}.observation.task: fixed-goal relabels AntMaze data only; use offline-rl")
-    parts = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "successes", "maps")}
+    parts = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "successes", "maps", "next_observations")}
     for episode in dataset.iterate_episodes():
         observations = episode.observations
         rewards = np.asarray(episode.rewards, dtype=np.float32)
@@ -567,7 +568,10 @@ def load_transitions(folder: Path, spec: ObservationSpec, where: str = "dataset"
         steps = len(episode.actions)
         timeouts = np.asarray(episode.truncations, dtype=bool) & ~terminals
         timeouts[-1] |= not terminals[-1]  # every episode ends: an unmarked end is a time-out
-        parts["observations"].append(flatten_observations(observations, spec, where)[:steps])
+        flat = flatten_observations(observations, spec, where)
+        parts["observations"].append(flat[:steps])
+        if spec.task == "goal-reaching":  # Minari keeps the observation after the last step too
+            parts["next_observations"].append(flat[1 : steps + 1])
         parts["actions"].append(np.asarray(episode.actions, dtype=np.float32).reshape(steps, -1))
         parts["rewards"].append(rewards)
         parts["terminals"].append(terminals)

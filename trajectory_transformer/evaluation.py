@@ -137,19 +137,31 @@ class PlanningAgent:
 
 
 class PolicyAgent:
-    """BC or IQL: the policy's mean action for every running environment, in one batch."""
+    """BC or IQL: the policy's mean action for every running environment, in one batch (a
+    goal-conditioned BC reads each episode's desired goal, a map-conditioned one its map)."""
 
     def __init__(self, agent: OfflineAgent, device: torch.device, weights: Path | None = None):
         self.agent, self.device, self.weights = agent, device, weights
         self.seconds, self.calls = 0.0, 0
+        self.goals = self.maps = None
 
     def reset(self, goals: list[np.ndarray | None], maps: list[np.ndarray | None]) -> None:
-        pass
+        self.goals = self.maps = None
+        if (self.agent.goal_dim and any(g is None for g in goals)) or (self.agent.map_codes and any(m is None for m in maps)):
+            raise PipelineError("this policy heads for a goal" + (" in a map" if self.agent.map_codes else "")
+                                + ": pass each episode's desired goal" + (" and map" if self.agent.map_codes else "") + " to reset")
+        if self.agent.goal_dim:
+            self.goals = torch.as_tensor(np.stack(goals), dtype=torch.float32, device=self.device)
+        if self.agent.map_codes:
+            self.maps = torch.as_tensor(np.stack(maps), device=self.device)
 
     def act(self, active: list[int], observations: list[np.ndarray]) -> list[np.ndarray]:
         start = time.perf_counter()
         batch = torch.as_tensor(np.stack([observations[i] for i in active]), dtype=torch.float32, device=self.device)
-        actions = list(self.agent.act(batch).cpu().numpy().astype(np.float64))
+        rows = torch.as_tensor(active, device=self.device)
+        goals = self.goals[rows] if self.goals is not None else None
+        maps = self.maps[rows] if self.maps is not None else None
+        actions = list(self.agent.act(batch, goals, maps).cpu().numpy().astype(np.float64))
         self.seconds += time.perf_counter() - start
         self.calls += 1
         return actions

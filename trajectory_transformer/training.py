@@ -250,15 +250,18 @@ def validation_split(paths: int, fraction: float) -> tuple[list[int], list[int]]
     return sorted(int(i) for i in order[held_out:]), sorted(int(i) for i in order[:held_out])
 
 
-def prepare(token_paths: list[np.ndarray], discretizer: Discretizer, sequence: SequenceSpec,
-            goal_dims: list[int], validation_fraction: float, path_maps: np.ndarray | None = None) -> TokenData:
-    """Hold out a fraction of paths, build both window sets and each path's goal tokens (and map)."""
+def prepare(token_paths: list[np.ndarray], discretizer: Discretizer, sequence: SequenceSpec, validation_fraction: float,
+            goal_tokens: np.ndarray | None = None, path_maps: np.ndarray | None = None) -> TokenData:
+    """Hold out a fraction of paths, build both window sets and each path's goal tokens
+    (`goal_tokens` (paths, G)) and map."""
     train_indices, validation_indices = validation_split(len(token_paths), validation_fraction)
     validation_paths = [token_paths[i] for i in validation_indices]
     train_paths = [token_paths[i] for i in train_indices]
+    if goal_tokens is None:
+        goal_tokens = np.zeros((len(token_paths), 0), dtype=np.int64)
 
-    def goals(paths):
-        return torch.tensor(np.array([p[-1, goal_dims] for p in paths]).reshape(len(paths), len(goal_dims)), dtype=torch.long)
+    def goals(indices):
+        return torch.from_numpy(goal_tokens[np.asarray(indices, dtype=np.int64)].astype(np.int64))
 
     def maps(indices):
         return None if path_maps is None else torch.from_numpy(path_maps[np.asarray(indices, dtype=np.int64)])
@@ -269,8 +272,8 @@ def prepare(token_paths: list[np.ndarray], discretizer: Discretizer, sequence: S
     return TokenData(
         train=windows(train_paths),
         validation=windows(validation_paths) if validation_paths and any(len(p) > 1 for p in validation_paths) else None,
-        train_goals=goals(train_paths),
-        validation_goals=goals(validation_paths),
+        train_goals=goals(train_indices),
+        validation_goals=goals(validation_indices),
         train_maps=maps(train_indices),
         validation_maps=maps(validation_indices),
     )
@@ -323,7 +326,7 @@ class RunIdentity:
     discretizer_kind: str
     seed: int
     observed_dims: list[int] | None = None  # a partially observed ablation: the dataset dims the model sees
-    goal_dims: list[int] = field(default_factory=list)  # goal reaching: the final state's dims placed first
+    goal_dims: list[int] = field(default_factory=list)  # goal reaching: dims of the state a path ends in, placed first
 
     def fingerprint(self, spec: TrainSpec, sequence: SequenceSpec) -> str:
         content = {"identity": asdict(self), "model": asdict(spec.model), "optim": asdict(spec.optim),
@@ -370,23 +373,32 @@ def get_batch(windows: Windows, goals: torch.Tensor, maps: torch.Tensor | None, 
 @torch.no_grad()
 def validation_losses(model: TrajectoryTransformer, windows: Windows, goals: torch.Tensor, maps: torch.Tensor | None,
                       batch_size: int, batches: int, device: torch.device, autocast) -> dict[str, float]:
-    """Mean cross-entropy per token group over a fixed subset of held-out windows."""
+    """Mean cross-entropy per token group over a fixed subset of held-out windows. A
+    goal-conditioned model is also scored with every window given another window's goal
+    (`action_other_goal`): how much its actions depend on the goal it is given."""
     model.eval()
     order = torch.from_numpy(np.random.default_rng(VALIDATION_SPLIT_SEED).permutation(len(windows))).to(device)
     sums = torch.zeros(len(TOKEN_GROUPS), device=device)
     counts = torch.zeros(len(TOKEN_GROUPS), device=device)
+    other_goal = torch.zeros(len(TOKEN_GROUPS), device=device)
     for start in range(0, min(len(windows), batches * batch_size), batch_size):
         inputs, targets, mask, conditions = get_batch(windows, goals, maps, order[start : start + batch_size], model.config)
         with autocast():
             logits = model(inputs, **conditions)
-        losses = token_losses(logits, targets)
         groups = target_groups(model.config, inputs.shape[1], device)
         one_hot = torch.nn.functional.one_hot(groups, len(TOKEN_GROUPS)).float()
-        sums += torch.einsum("bt,tg->g", losses * mask, one_hot)
+        sums += torch.einsum("bt,tg->g", token_losses(logits, targets) * mask, one_hot)
         counts += torch.einsum("bt,tg->g", mask, one_hot)
+        if model.config.goal_length:  # the windows come in random order: the next one's goal is another path's
+            with autocast():
+                logits = model(inputs, **{**conditions, "goal": conditions["goal"].roll(1, dims=0)})
+            other_goal += torch.einsum("bt,tg->g", token_losses(logits, targets) * mask, one_hot)
     model.train()
-    values = (sums / counts.clamp(min=1)).tolist()
-    return {f"validation/{name}": value for name, value in zip(TOKEN_GROUPS, values)}
+    counts = counts.clamp(min=1)
+    losses = {f"validation/{name}": value for name, value in zip(TOKEN_GROUPS, (sums / counts).tolist())}
+    if model.config.goal_length:
+        losses["validation/action_other_goal"] = (other_goal / counts)[TOKEN_GROUPS.index("action")].item()
+    return losses
 
 
 def setup_device(run: RunSpec, local_rank: int) -> torch.device:
@@ -473,20 +485,25 @@ def train(
     report_dir: Path,
     checkpoint: Path,
     progress: bool = True,
+    path_goals: np.ndarray | None = None,
     path_maps: np.ndarray | None = None,
 ) -> dict:
     """Train one model; write `model.pt` and `config.json` to `model_dir`, `metrics.json` and
     dvclive curves to `report_dir` (atomically, rank 0). Resumes from `checkpoint` when it
     belongs to this run (same data, discretizer, params and seed). The goal-conditioned variant
-    takes `identity.goal_dims` of each path's final state first; `path_maps` (paths, H, W) give
-    a map-conditioned model each path's map."""
+    (`identity.goal_dims`) puts each path's goal first, `path_goals` (paths, G): the goal dims of
+    the state the path ends in (`trajectories.path_goals`); `path_maps` (paths, H, W) give a
+    map-conditioned model each path's map."""
     rank, world, local_rank = distributed_context()
     device = setup_device(spec.run, local_rank)
     if spec.optim.batch_size % world:
         raise PipelineError(f"params train.optim.batch_size {spec.optim.batch_size} must divide by the {world} processes")
 
     config = model_config(discretizer, sequence, spec.model, identity.goal_dims, path_maps)
-    data = prepare(token_paths, discretizer, sequence, config.goal_dims, spec.run.validation_fraction, path_maps)
+    if (path_goals is None) != (not config.goal_dims):
+        raise ValueError("a goal-conditioned run (identity.goal_dims) needs its path_goals, and no other run takes them")
+    goal_tokens = discretizer.tokenize(path_goals, config.goal_dims) if config.goal_dims else None
+    data = prepare(token_paths, discretizer, sequence, spec.run.validation_fraction, goal_tokens, path_maps)
     train_windows = data.train.to(device)
     validation_windows = data.validation.to(device) if data.validation is not None else None
     train_goals, validation_goals = data.train_goals.to(device), data.validation_goals.to(device)

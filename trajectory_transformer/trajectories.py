@@ -12,6 +12,7 @@ import numpy as np
 
 from trajectory_transformer.config import Count, Probability
 from trajectory_transformer.datasets import Transitions
+from trajectory_transformer.errors import PipelineError
 
 
 @dataclass
@@ -68,6 +69,17 @@ def joined_paths(transitions: Transitions, spec: SequenceSpec) -> list[np.ndarra
             ).astype(np.float32)
         )
     return paths
+
+
+def path_goals(transitions: Transitions, spec: SequenceSpec, goal_dims: list[int]) -> np.ndarray:
+    """(paths, G): the `goal_dims` of the state each path ends in, the observation after its last
+    step (hindsight: where the path got to). In goal-reaching data that is the goal itself; the
+    last step's own observation is one step short of it (on MiniGrid, the square before the goal)."""
+    if transitions.next_observations is None:
+        raise PipelineError("goal reaching needs the observation after each step (Transitions.next_observations): "
+                            "load the dataset with task goal-reaching")
+    ends = [end for _, end in path_bounds(transitions, spec.max_path_length)]
+    return transitions.next_observations[np.asarray(ends) - 1][:, goal_dims]
 
 
 def path_maps(transitions: Transitions, spec: SequenceSpec) -> np.ndarray | None:
