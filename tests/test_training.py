@@ -1,3 +1,4 @@
+import json
 import os
 import platform
 import signal
@@ -169,6 +170,8 @@ def test_the_goal_conditioned_variant_trains_with_the_final_state_first(tmp_path
           tmp_path / "m", tmp_path / "r", tmp_path / "c.pt", progress=False, path_goals=final_states)
     model, metadata = load_model(tmp_path / "m")
     assert metadata["model_config"]["goal_dims"] == [0]
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())  # how much its actions depend on the goal
+    assert metrics["validation/action_other_goal"] > 0 and "validation/action" in metrics
     tokens = torch.from_numpy(token_paths[0][:2].reshape(1, -1))
     goal = torch.tensor([[int(token_paths[0][-1, 0])]])
     assert not torch.equal(model(tokens, goal), model(tokens, goal - 1))
