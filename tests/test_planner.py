@@ -13,27 +13,33 @@ from trajectory_transformer.trajectories import SequenceSpec, joined_paths, path
 from trajectory_transformer.training import ArchitectureSpec, OptimSpec, RunIdentity, RunSpec, TrainSpec, load_model, tokenize_paths, train
 
 
-def random_setup(position_embedding="rotary", goal_dims=()):
+def random_setup(position_embedding="rotary", goal_dims=(), map_shape=()):
     torch.manual_seed(0)
     N, M, V = 3, 2, 10
     config = ModelConfig(observation_dim=N, action_dim=M, n_bins=V, window=6, n_layer=2, n_head=2, n_embd=16,
-                         dropout=0.0, position_embedding=position_embedding, goal_dims=list(goal_dims))
+                         dropout=0.0, position_embedding=position_embedding, goal_dims=list(goal_dims),
+                         map_shape=list(map_shape), map_codes=3 if map_shape else 0)
     model = TrajectoryTransformer(config).eval()
+    if goal_dims:  # trained goal embeddings are not zero: make the prefix matter
+        torch.nn.init.normal_(model.goal_position_embedding, std=1.0)
     data = np.random.default_rng(0).normal(size=(500, N + M + 2))
     discretizer = Discretizer.fit(data, "quantile", DiscretizeSpec(n_bins=V), N, M)
     prefix = torch.randint(0, V, (3, 3 * config.transition_dim + N), generator=torch.Generator().manual_seed(1))
     return model, discretizer, prefix
 
 
-@pytest.mark.parametrize(("mode", "n_expand"), [("reward", 3), ("likelihood", 3), ("reward", 1)])
-def test_cached_planning_equals_the_uncached_oracle(mode, n_expand):
+@pytest.mark.parametrize(("mode", "n_expand", "conditioned"),
+                         [("reward", 3, False), ("likelihood", 3, False), ("reward", 1, False), ("likelihood", 2, True)])
+def test_cached_planning_equals_the_uncached_oracle(mode, n_expand, conditioned):
     """Same window policy, same seed: the same sequence, and every generated token's
     log-probability within 1e-4 of a full recomputation (the window slides: horizon > context).
-    With n_expand 1 every key goes to the beams' own room; with more, actions go to fresh buffers."""
-    model, discretizer, prefix = random_setup()
+    With n_expand 1 every key goes to the beams' own room; with more, actions go to fresh buffers.
+    Goal reaching with a map: the cached crop against the uncached one."""
+    model, discretizer, prefix = random_setup(**({"goal_dims": [0, 2], "map_shape": [5, 5]} if conditioned else {}))
+    goal, maps = goal_and_maps(prefix.shape[0]) if conditioned else (None, None)
     spec = PlannerSpec(mode=mode, horizon=5, beam_width=6, n_expand=n_expand, context=3)
-    cached = plan(model, discretizer, replace(spec, cached=True), prefix, torch.Generator().manual_seed(0))
-    full = plan(model, discretizer, replace(spec, cached=False), prefix, torch.Generator().manual_seed(0))
+    cached = plan(model, discretizer, replace(spec, cached=True), prefix, torch.Generator().manual_seed(0), goal=goal, maps=maps)
+    full = plan(model, discretizer, replace(spec, cached=False), prefix, torch.Generator().manual_seed(0), goal=goal, maps=maps)
     assert torch.equal(cached.actions, full.actions)
     assert torch.allclose(cached.token_log_probs, full.token_log_probs, atol=1e-4)
     assert torch.allclose(cached.scores, full.scores, atol=1e-4)
@@ -41,15 +47,29 @@ def test_cached_planning_equals_the_uncached_oracle(mode, n_expand):
     assert cached.token_log_probs.shape == (3, 5 * model.config.transition_dim - model.config.observation_dim)
 
 
-def test_every_decoder_follows_one_protocol_through_expansion_and_selection():
+def goal_and_maps(rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(2)
+    return torch.randint(0, 10, (rows, 2), generator=generator), torch.randint(0, 3, (rows, 5, 5), generator=generator)
+
+
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_every_decoder_follows_one_protocol_through_expansion_and_selection(conditioned):
     """The same expand / append / select sequence through the three decoders: the cached sliding
-    window equals the uncached one, and the cached crop equals the uncached crop, within 1e-5."""
-    model, _, prefix = random_setup()
+    window equals the uncached one, and the cached crop equals the uncached crop, within 1e-5.
+    A goal- and map-conditioned model always crops: its cache keeps the goal prefix's keys and
+    adds the map embedding to every stepped token."""
+    if conditioned:
+        model, _, prefix = random_setup(goal_dims=[0, 2], map_shape=[5, 5])
+        goal, maps = goal_and_maps(prefix.shape[0])
+        pairs = [(make_decoder(model, 3, prefix, cached=True, goal=goal, maps=maps),
+                  make_decoder(model, 3, prefix, cached=False, goal=goal, maps=maps))]
+    else:
+        model, _, prefix = random_setup()
+        pairs = [(make_decoder(model, 3, prefix, cached=True, crop=crop), make_decoder(model, 3, prefix, cached=False, crop=crop))
+                 for crop in (False, True)]
+    assert [type(a).__name__ for a, _ in pairs] == (["CroppedDecoder"] if conditioned else ["CachedDecoder", "CroppedDecoder"])
     D = model.config.transition_dim
     generator = torch.Generator().manual_seed(3)
-    pairs = [(make_decoder(model, 3, prefix, cached=True, crop=crop), make_decoder(model, 3, prefix, cached=False, crop=crop))
-             for crop in (False, True)]
-    assert [type(a).__name__ for a, _ in pairs] == ["CachedDecoder", "CroppedDecoder"]
     R, X = 1, 1
     for step in range(2 * D + 3):  # past two transition ends, so the windows move
         if step % D == 0:  # expand, then keep a random choice of candidates

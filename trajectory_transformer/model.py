@@ -16,7 +16,13 @@ cached keys stay valid when the planner's context window slides (the planner iss
 
 The goal-conditioned variant puts G goal tokens (chosen observation dimensions of the goal
 state, embedded with those dimensions' tables) at the start of every sequence, so every token
-can attend to them (published system §4); they are never predicted.
+can attend to them (published system §4); they are never predicted. Each goal token adds a
+learned embedding of its own, with either position scheme: under rotary positions alone a goal
+token would look like the current observation's token of the same dimension, told apart only
+by its distance.
+
+The planner's cache holds a goal prefix as keys every query sees, and a map embedding as what
+every stepped token adds, so goal- and map-conditioned planning is incremental too.
 
 Dropout on a CPU draws its masks three to a 64-bit random word (`dropout`): PyTorch's CPU
 dropout draws one Mersenne-Twister number per element, which took about 40 % of a training step
@@ -227,10 +233,10 @@ class TrajectoryTransformer(nn.Module):
         self.token_embedding = nn.Embedding(dims * bins + 2, width)
         if config.position_embedding == "learned":
             self.position_embedding = nn.Parameter(torch.zeros(1, config.block_size, width))
-            if config.goal_length:
-                self.goal_position_embedding = nn.Parameter(torch.zeros(1, config.goal_length, width))
         elif config.position_embedding != "rotary":
             raise ValueError(f"unknown position embedding {config.position_embedding!r}")
+        if config.goal_length:
+            self.goal_position_embedding = nn.Parameter(torch.zeros(1, config.goal_length, width))
         self.map_encoder = MapEncoder(config) if config.map_shape else None
         self.dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
@@ -261,10 +267,7 @@ class TrajectoryTransformer(nn.Module):
         return self.token_embedding(self.token_ids(tokens, first_position))
 
     def embed_goal(self, goal: torch.Tensor) -> torch.Tensor:
-        embedding = self.token_embedding(goal + self.goal_dims * self.config.n_bins)
-        if self.config.position_embedding == "learned":
-            embedding = embedding + self.goal_position_embedding
-        return embedding
+        return self.token_embedding(goal + self.goal_dims * self.config.n_bins) + self.goal_position_embedding
 
     def logits_at(self, hidden: torch.Tensor, first_position: int = 0) -> torch.Tensor:
         """Per-dimension heads: (B, T, width) hidden states at sequence positions
@@ -333,12 +336,17 @@ class TrajectoryTransformer(nn.Module):
 
     # ---------------------------------------------------------------- incremental decoding
     @torch.inference_mode()
-    def prefill(self, tokens: torch.Tensor, cache: "BeamCache") -> torch.Tensor:
-        """Encode a search's context (E, P) into an empty `cache`, under the cache's sliding
-        window; the logits (E, V + 1) of its next token."""
-        if self.config.position_embedding != "rotary" or self.config.goal_length or self.config.map_shape:
-            raise ValueError("incremental decoding needs rotary positions and no goal prefix or map context")
-        hidden = self.hidden_states(tokens, context=cache.context, cache=cache)
+    def prefill(self, tokens: torch.Tensor, cache: "BeamCache", goal: torch.Tensor | None = None,
+                map_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode a search's context (E, P), after its goal prefix (E, G) if any, into an empty
+        `cache`, under the cache's sliding window; the logits (E, V + 1) of its next token. A map
+        embedding (E, width) is kept in the cache for the tokens stepped after."""
+        if self.config.position_embedding != "rotary":
+            raise ValueError("incremental decoding needs rotary positions")
+        if self.map_encoder is not None and map_embedding is None:
+            raise ValueError("a map-conditioned model needs its map embedding")
+        cache.map_embedding = map_embedding
+        hidden = self.hidden_states(tokens, goal, context=cache.context, map_embedding=map_embedding, cache=cache)
         return self.logits_at(hidden[:, -1:], tokens.shape[1] - 1)[:, 0]
 
     @torch.inference_mode()
@@ -350,6 +358,8 @@ class TrajectoryTransformer(nn.Module):
             raise ValueError("incremental decoding is inference only: call model.eval() first")
         position, rotation = cache.next_token()
         x = self.embed_tokens(tokens.reshape(-1, 1), position).view(*tokens.shape, -1)
+        if cache.map_embedding is not None:
+            x = x + cache.map_embedding[:, None, None, :]
         for block, layer in zip(self.blocks, cache.layers):
             x = block(x, None, rotation, layer)
         hidden = self.ln_f(x).view(-1, 1, x.shape[-1])
@@ -393,12 +403,16 @@ class BeamCache:
     keys there and a one-token step attends over the whole buffer with the unused slots masked
     (a batched matmul over a strided slice of a larger buffer measured twice as slow, and this
     product is the search's largest memory read). Expanded candidates keep their own keys in a
-    small fresh buffer. Positions are Python ints, so bookkeeping never waits for the device."""
+    small fresh buffer. A goal prefix is a fourth level, per environment and always visible; its
+    G tokens come first, so a sequence position p is rotated as G + p, as in `hidden_states`.
+    Positions are Python ints, so bookkeeping never waits for the device."""
 
     def __init__(self, config: ModelConfig, context: int):
         self.context, self.transition_dim = context, config.transition_dim
         self.head_dim = config.n_embd // config.n_head
         self.room = self.transition_dim - 1  # keys of one transition: all but its value
+        self.goal_length = config.goal_length
+        self.map_embedding: torch.Tensor | None = None  # (E, width), added to every stepped token
         self.layers = [LayerCache(self) for _ in range(config.n_layer)]
         self.position = 0  # of the next token
         self.beam_first = 0  # position of the beams' first kept key
@@ -439,10 +453,11 @@ class BeamCache:
         self.first_shared = self.slots(window)
         self.first_beam = self.slots(max(window, self.beam_first)) - self.slots(self.beam_first)
         self.position += 1
-        if position >= len(self.rotations):
-            rotations = rotary_tables(torch.arange(2 * position + 1, device=beams.device), self.head_dim)
+        rotated = self.goal_length + position
+        if rotated >= len(self.rotations):
+            rotations = rotary_tables(torch.arange(2 * rotated + 1, device=beams.device), self.head_dim)
             self.rotations = torch.stack([rotations * self.head_dim ** -0.5, rotations], dim=1)[:, :, None, :]
-        return position, self.rotations[position]
+        return position, self.rotations[rotated]
 
     def expand(self, n: int) -> None:
         """n candidates per beam from here on; with n > 1 their keys go to fresh buffers."""
@@ -477,15 +492,20 @@ class LayerCache:
 
     def __init__(self, owner: BeamCache):
         self.owner = owner
+        self.goal: tuple[torch.Tensor, torch.Tensor] | None = None  # (E, H, G, d)
         self.shared: tuple[torch.Tensor, torch.Tensor] | None = None  # (E, H, context keys, d)
         self.beams: tuple[torch.Tensor, torch.Tensor] | None = None  # (E, R, H, keys + room, d)
         self.fresh: tuple[torch.Tensor, torch.Tensor] | None = None  # (E, R, X, H, room, d) once expanded
 
     def store(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        """The first call stores the context, (E, H, P, d); every later one the keys of one new
-        token per candidate, (E, R, X, H, d)."""
+        """The first call stores the goal prefix and the context, (E, H, G + P, d); every later
+        one the keys of one new token per candidate, (E, R, X, H, d)."""
         owner = self.owner
         if self.shared is None:
+            G = owner.goal_length
+            if G:
+                self.goal = (k[:, :, :G].contiguous(), v[:, :, :G].contiguous())
+            k, v = k[:, :, G:], v[:, :, G:]
             kept = ~is_value(torch.arange(k.shape[2], device=k.device), owner.transition_dim)
             self.shared = (k[:, :, kept].contiguous(), v[:, :, kept].contiguous())
             self.beams = tuple(k.new_zeros(k.shape[0], 1, k.shape[1], owner.room, k.shape[3]) for _ in "kv")
@@ -496,19 +516,20 @@ class LayerCache:
             self.fresh[0][..., owner.slot, :], self.fresh[1][..., owner.slot, :] = k, v
 
     def attend(self, q: torch.Tensor) -> torch.Tensor:
-        """Attention of one query per candidate, q (E, R, X, H, d) already scaled, over the three
+        """Attention of one query per candidate, q (E, R, X, H, d) already scaled, over the
         levels; returns (E, R, X, H, d)."""
         owner = self.owner
         E, R, X, H, d = q.shape
-        shared = None
+        # per environment: the goal prefix and the visible part of the context
+        per_env = [self.goal] if self.goal is not None else []
         if owner.first_shared < self.shared[0].shape[-2]:
-            shared = tuple(t[..., owner.first_shared :, :] for t in self.shared)
+            per_env.append(tuple(t[..., owner.first_shared :, :] for t in self.shared))
         beam_k, beam_v = self.beams
         fresh = tuple(t[..., : owner.fresh_keys, :] for t in self.fresh) if owner.fresh_keys else None
         scores = []
-        if shared is not None:  # one matmul per environment and head: (R X) queries against the context
-            per_env = q.reshape(E, R * X, H, d).transpose(1, 2) @ shared[0].transpose(-1, -2)
-            scores.append(per_env.view(E, H, R, X, -1).permute(0, 2, 3, 1, 4))
+        for keys, _ in per_env:  # one matmul per environment and head: (R X) queries against its keys
+            product = q.reshape(E, R * X, H, d).transpose(1, 2) @ keys.transpose(-1, -2)
+            scores.append(product.view(E, H, R, X, -1).permute(0, 2, 3, 1, 4))
         # per beam and head: its X candidates' queries against the whole buffer, unused slots masked
         per_beam = q.transpose(2, 3) @ beam_k.transpose(-1, -2)
         if owner.first_beam:
@@ -520,9 +541,9 @@ class LayerCache:
         weights = (torch.cat(scores, dim=-1) if len(scores) > 1 else scores[0]).softmax(dim=-1)
         parts = iter(weights.split([s.shape[-1] for s in scores], dim=-1))
         outputs = []
-        if shared is not None:
+        for _, values in per_env:
             w = next(parts).permute(0, 3, 1, 2, 4).reshape(E, H, R * X, -1)
-            outputs.append((w @ shared[1]).view(E, H, R, X, d).permute(0, 2, 3, 1, 4))
+            outputs.append((w @ values).view(E, H, R, X, d).permute(0, 2, 3, 1, 4))
         outputs.append((next(parts).transpose(2, 3) @ beam_v).transpose(2, 3))
         if fresh is not None:
             outputs.append((next(parts).unsqueeze(-1) * fresh[1]).sum(-2))

@@ -40,7 +40,10 @@ expand, select), are the cache policies:
 - `CachedDecoder` (rotary only): one `model.step` per token against the model's `BeamCache`,
   which keeps keys at three levels (the shared context, the kept beams, the fresh tokens of the
   current candidates), so nothing is copied per beam;
-- `CroppedDecoder`: the published crop, cached between crops (the analysis's Markovian rollouts).
+- `CroppedDecoder`: the published crop, cached between crops: one encoding of the crop per
+  planned transition, then one-token steps (goal-conditioned planning; the analysis's Markovian
+  rollouts). A goal prefix sits in the cache as keys every query sees, a map embedding as what
+  every stepped token adds.
 
 The search's state is one `Beams` object: the decoder and every per-candidate tensor, indexed
 (environment, beam, expansion), so that `take` re-indexes all of them at once.
@@ -87,9 +90,6 @@ class PlannerSpec:
         if self.cached and config.position_embedding != "rotary":
             raise PipelineError("params plan.cached needs a model trained with train.model.position_embedding: rotary "
                                 "(learned positions must re-encode the window each step): set plan.cached false or retrain")
-        if self.cached and (config.goal_length or config.map_shape):
-            raise PipelineError("goal- and map-conditioned planning runs uncached: set plan.cached false "
-                                "(for one dataset: datasets.<name>.plan.cached)")
         if config.position_embedding == "learned" and self.context > config.window:
             raise PipelineError(f"params plan.context {self.context} exceeds the model's window of {config.window} "
                                 "transitions (learned positions): lower it or retrain with a longer sequence.window")
@@ -161,14 +161,14 @@ class FullDecoder:
 
 class CachedDecoder:
     """Incremental decoding (rotary positions): the model's `BeamCache` keeps every key once, at
-    the level where it is shared (context, kept beams, fresh candidates), under the sliding window."""
+    the level where it is shared (goal prefix and context, kept beams, fresh candidates), under
+    the sliding window."""
 
-    def __init__(self, model: TrajectoryTransformer, context: int, prefix: torch.Tensor):
-        if model.config.goal_length or model.config.map_shape:
-            raise PipelineError("goal- and map-conditioned planning runs uncached: set plan.cached false")
+    def __init__(self, model: TrajectoryTransformer, context: int, prefix: torch.Tensor, goal: torch.Tensor | None = None,
+                 map_embedding: torch.Tensor | None = None):
         self.model = model
         self.cache = BeamCache(model.config, context)
-        self._logits = model.prefill(prefix, self.cache)[:, None, None, :]
+        self._logits = model.prefill(prefix, self.cache, goal, map_embedding)[:, None, None, :]
 
     def logits(self) -> torch.Tensor:
         return self._logits
@@ -187,48 +187,63 @@ class CachedDecoder:
 
 class CroppedDecoder:
     """The published crop, cached between crops: every token sees at most the last `context`
-    transitions, each re-encoded from the crop. The crop moves once per transition (at the value
-    slot), so the cache is rebuilt then, and after an expansion or a selection (the cache of the
-    crop is not re-indexed): exact, and affordable for short windows (the Markovian ablation of
-    the analysis, which never expands or selects)."""
+    transitions (and the goal prefix), each re-encoded from the crop. The crop moves once per
+    transition (at the value slot), so the cache is rebuilt then, and after a selection (the
+    crop's cache holds one row per candidate and is not re-indexed across them); an expansion of
+    one candidate per beam expands that cache instead. Rebuilds wait until the next logits are
+    asked for, so a transition's end and the selection after it cost one: per planned transition,
+    one encoding of the crop and D - 1 one-token steps, against D encodings uncached."""
 
-    def __init__(self, model: TrajectoryTransformer, context: int, prefix: torch.Tensor):
-        self.model, self.context = model, context
+    def __init__(self, model: TrajectoryTransformer, context: int, prefix: torch.Tensor, goal: torch.Tensor | None = None,
+                 map_embedding: torch.Tensor | None = None):
+        self.model, self.context, self.goal, self.map_embedding = model, context, goal, map_embedding
         self.tokens = prefix[:, None, None, :]  # (E, R, X, L): the crop only, from a transition boundary
-        self._encode()
+        self.stale = True
 
     def _encode(self) -> None:
         self.tokens = self.model.crop(self.tokens, self.context)
-        self.inner = CachedDecoder(self.model, self.context, self.tokens.reshape(-1, self.tokens.shape[-1]))
+        E, R, X, L = self.tokens.shape
+        per_row = [t.repeat_interleave(R * X, dim=0) if t is not None else None for t in (self.goal, self.map_embedding)]
+        self.inner = CachedDecoder(self.model, self.context, self.tokens.reshape(-1, L), *per_row)
+        self.stale = False
 
     def logits(self) -> torch.Tensor:
+        if self.stale:
+            self._encode()
         return self.inner.logits().view(*self.tokens.shape[:3], -1)
 
     def append(self, tokens: torch.Tensor) -> None:
         self.tokens = torch.cat([self.tokens, tokens[..., None]], dim=-1)
         if self.tokens.shape[-1] % self.model.config.transition_dim == 0:  # a value slot ended a transition
-            self._encode()
-        else:
-            self.inner.append(tokens.reshape(-1, 1, 1))
+            self.stale = True
+        elif not self.stale:
+            self.inner.append(tokens.reshape(self.inner.logits().shape[:3]))
 
     def expand(self, n: int) -> None:
-        if n != self.tokens.shape[2]:
-            self.tokens = self.tokens.expand(-1, -1, n, -1)
-            self._encode()
+        if n == self.tokens.shape[2]:
+            return
+        if self.tokens.shape[2] == 1 and not self.stale:  # each row of the crop's cache is one beam
+            self.inner.expand(n)
+        else:
+            self.stale = True
+        self.tokens = self.tokens.expand(-1, -1, n, -1)
 
     def select(self, beam: torch.Tensor, expansion: torch.Tensor) -> None:
         self.tokens = kept(self.tokens, beam, expansion)
-        self._encode()
+        self.stale = True
 
 
 def make_decoder(model: TrajectoryTransformer, context: int, prefix: torch.Tensor, cached: bool, crop: bool = False,
                  goal: torch.Tensor | None = None, maps: torch.Tensor | None = None) -> Decoder:
     """The window policy `crop` (or sliding), with a cache when `cached` and the model has rotary
-    positions (learned positions always re-encode, uncached); a goal- or map-conditioned model
-    must be asked for `cached=False`."""
+    positions (learned positions always re-encode, uncached). A goal-conditioned model always
+    crops (`FullDecoder`), cached or not."""
     if not cached or model.config.position_embedding != "rotary":
         return FullDecoder(model, context, prefix, goal, crop=crop, maps=maps)
-    return CroppedDecoder(model, context, prefix) if crop else CachedDecoder(model, context, prefix)
+    map_embedding = model.map_encoder(maps) if maps is not None else None
+    if crop or model.config.goal_length:
+        return CroppedDecoder(model, context, prefix, goal, map_embedding)
+    return CachedDecoder(model, context, prefix, goal, map_embedding)
 
 
 # ---------------------------------------------------------------------------------------------
