@@ -233,6 +233,51 @@ def plan_call(environments: int, device: str, skip_published: bool, figure: Path
         latency_figure(figures, figure)
 
 
+@main.command("plan-goal")
+@click.option("--environments", default=10, show_default=True)
+@click.option("--repeats", default=3, show_default=True, help="median of this many calls per configuration")
+@click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default="cuda if available")
+def plan_goal(environments: int, repeats: int, device: str) -> None:
+    """Seconds per goal-conditioned planning call, uncached (the crop re-encoded for every token)
+    against cached (the crop encoded once per planned transition), side by side: the goals
+    suite's four-rooms settings (observation 4, action 2, a 2-token goal prefix; 3 layers, 96
+    wide; likelihood mode, horizon 5, beam 32, n_expand 2, context 5), random weights, ENVIRONMENTS
+    environments per call."""
+    from trajectory_transformer.planner import PlannerSpec, plan  # noqa: PLC0415
+
+    device = torch.device(device)
+    torch.manual_seed(0)
+    observation_dim, action_dim, bins = 4, 2, 100
+    data = np.random.default_rng(0).normal(size=(10_000, observation_dim + action_dim + 2))
+    discretizer = Discretizer.fit(data, "quantile", DiscretizeSpec(n_bins=bins), observation_dim, action_dim)
+    config = ModelConfig(observation_dim=observation_dim, action_dim=action_dim, n_bins=bins, n_layer=3, n_head=4,
+                         n_embd=96, position_embedding="rotary", goal_dims=[0, 1])
+    model = TrajectoryTransformer(config).to(device).eval()
+    dim = config.transition_dim
+    prefix = torch.randint(0, bins, (environments, 5 * dim + observation_dim), device=device)
+    goal = torch.randint(0, bins, (environments, 2), device=device)
+    spec = PlannerSpec(mode="likelihood", horizon=5, beam_width=32, n_expand=2, context=5)
+
+    def seconds(cached: bool) -> float:
+        generator = torch.Generator(device=device).manual_seed(0)
+        plan(model, discretizer, replace(spec, horizon=1, cached=cached), prefix, generator, goal=goal)
+        calls = []
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            plan(model, discretizer, replace(spec, cached=cached), prefix, generator, goal=goal)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            calls.append(time.perf_counter() - start)
+        return float(np.median(calls))
+
+    figures = {"device": str(device), "threads": torch.get_num_threads(), "environments": environments,
+               "uncached_s": round(seconds(False), 3), "cached_s": round(seconds(True), 3)}
+    figures["ratio_uncached_over_cached"] = round(figures["uncached_s"] / figures["cached_s"], 1)
+    click.echo(json.dumps(figures, indent=2))
+
+
 def latency_figure(figures: dict, path: Path) -> None:
     import matplotlib  # noqa: PLC0415 (only this option draws)
 

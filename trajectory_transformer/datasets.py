@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from trajectory_transformer import antmaze, behavior, gridworld, mazes
 from trajectory_transformer.artifacts import write_manifest
-from trajectory_transformer.config import Count, Natural, Probability
+from trajectory_transformer.config import Count, Natural, NonNegative, Probability
 from trajectory_transformer.errors import PipelineError
 
 QUALITIES = ("random", "medium", "medium-replay", "expert", "medium-expert")
@@ -52,6 +52,9 @@ class FetchSpec:
     transitions: Count | None = None  # pointmaze: length of the one continuing run
     episodes: Count | None = None  # reacher: episodes per quality; pointmaze-goals, minigrid: episodes
     random_action_probability: Probability = 0.25  # minigrid: each step acts uniformly at random with this probability
+    # pointmaze, pointmaze-goals: std of the Gaussian noise on the expert's actions (0.5: Minari's
+    # PointMaze recipe; the paper's four-rooms data came from a trained goal-reaching agent)
+    action_noise: NonNegative = 0.5
     reference_episodes: Count = 50  # episodes of the random and expert policies for ref scores
     seed: Natural = 0
 
@@ -198,14 +201,14 @@ def generate_pointmaze(spec: FetchSpec, name: str) -> Path:
     for _ in tqdm(range(spec.transitions), desc=f"generate {name}", unit="step", mininterval=2):
         state = obs["observation"]
         action = expert.action(state[:2], state[2:], obs["desired_goal"])
-        action = np.clip(action + rng.normal(0.0, 0.5, size=2), -1.0, 1.0).astype(np.float32)
+        action = np.clip(action + rng.normal(0.0, spec.action_noise, size=2), -1.0, 1.0).astype(np.float32)
         obs, *_ = collector.step(action)
     low, high = pointmaze_reference_returns(spec.maze, spec.reference_episodes)
     return create_dataset(
         collector,
         name,
         eval_env=mazes.make_evaluation_env(spec.maze).env.spec,
-        algorithm_name="waypoint expert: Q-iteration on cells, PD 10/1, N(0, 0.5^2) action noise",
+        algorithm_name=f"waypoint expert: Q-iteration on cells, PD 10/1, N(0, {spec.action_noise:g}^2) action noise",
         description=(
             f"PointMaze {spec.maze}: one continuing run of {spec.transitions} steps cut at each "
             f"success; rewards relabeled for the fixed evaluation goal {goal.tolist()} "
@@ -219,7 +222,7 @@ def generate_pointmaze(spec: FetchSpec, name: str) -> Path:
 def generate_pointmaze_goals(spec: FetchSpec, name: str) -> Path:
     """Goal reaching (the paper's Figure 6): each episode starts in a free cell and heads for a
     goal cell, the pair drawn uniformly from the pairs not held out for evaluation; it ends when
-    the goal is reached (or at the step limit). The expert and noise are the pointmaze recipe."""
+    the goal is reached (or at the step limit). The expert is the pointmaze recipe's."""
     rng = np.random.default_rng(spec.seed)
     training_pairs = mazes.start_goal_pairs(spec.maze)[0]
     collector = minari.DataCollector(mazes.make_env(spec.maze, reset_target=False, continuing=False))
@@ -231,7 +234,7 @@ def generate_pointmaze_goals(spec: FetchSpec, name: str) -> Path:
         while not done:
             state = obs["observation"]
             action = expert.action(state[:2], state[2:], obs["desired_goal"])
-            action = np.clip(action + rng.normal(0.0, 0.5, size=2), -1.0, 1.0).astype(np.float32)
+            action = np.clip(action + rng.normal(0.0, spec.action_noise, size=2), -1.0, 1.0).astype(np.float32)
             obs, _, terminated, truncated, _ = collector.step(action)
             done = terminated or truncated
     def expert(env, rng):
@@ -244,7 +247,7 @@ def generate_pointmaze_goals(spec: FetchSpec, name: str) -> Path:
         collector,
         name,
         eval_env=None,
-        algorithm_name="waypoint expert: Q-iteration on cells, PD 10/1, N(0, 0.5^2) action noise",
+        algorithm_name=f"waypoint expert: Q-iteration on cells, PD 10/1, N(0, {spec.action_noise:g}^2) action noise",
         description=(f"PointMaze {spec.maze}: {spec.episodes} episodes from a start cell to a goal cell, the pair drawn "
                      f"uniformly from all pairs of free cells but {mazes.HELD_OUT_PAIRS} held out for evaluation"),
         ref_min_score=low,
