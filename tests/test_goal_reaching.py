@@ -114,3 +114,16 @@ def test_a_maze_without_a_fixed_goal_is_refused_for_offline_rl_data():
         FetchSpec(source="generate", generator="pointmaze", maze="fourrooms", transitions=10).check("datasets.x.fetch")
     with pytest.raises(PipelineError, match="goal-reaching data need one of"):
         FetchSpec(source="generate", generator="pointmaze-goals", maze="umaze", episodes=10).check("datasets.x.fetch")
+
+
+def test_the_experts_action_noise_is_the_action_noise_param(tmp_path, fourrooms):
+    """The noise decides how much of each action the goal explains: a param, recorded in the metadata."""
+    quiet = tmp_path / "quiet"
+    fetch(FetchSpec(source="generate", generator="pointmaze-goals", maze="fourrooms", episodes=4, reference_episodes=1,
+                    action_noise=0.0), "quiet", quiet)
+
+    def mean_action_change(folder) -> float:
+        return float(np.mean([np.abs(np.diff(episode.actions, axis=0)).mean() for episode in open_dataset(folder).iterate_episodes()]))
+
+    assert mean_action_change(quiet) < 0.1 < 0.3 < mean_action_change(fourrooms)  # the PD controller alone is smooth
+    assert "N(0, 0^2)" in open_dataset(quiet).spec.algorithm_name
