@@ -43,8 +43,8 @@ def main(name: str, change: str, source: Path) -> None:
     folder = HERE / name
     if folder.exists():
         sys.exit(f"error: {folder} exists; choose another NAME or remove it")
-    metrics = json.loads(run(["dvc", "metrics", "show", "--json"], source))
-    workspace = metrics.get("workspace", {}).get("data", metrics)
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], source))
+    workspace = next(iter(shown.values()), {})  # one revision: the workspace
     folder.mkdir(parents=True)
     for file in ("params.yaml", "dvc.lock"):
         shutil.copy(source / file, folder / file)
@@ -52,7 +52,7 @@ def main(name: str, change: str, source: Path) -> None:
     if report.exists():
         shutil.copy(report, folder / "results.md")
     (folder / "metrics.json").write_text(json.dumps(
-        {path: entry.get("data", entry) for path, entry in sorted(workspace.items())}, indent=1) + "\n")
+        {path: entry["data"] for path, entry in sorted(workspace.items()) if "data" in entry}, indent=1) + "\n")
     (folder / "run.json").write_text(json.dumps({
         "name": name,
         "change": change,
