@@ -18,6 +18,7 @@ from datetime import date
 from pathlib import Path
 
 import click
+import yaml
 
 HERE = Path(__file__).resolve().parent
 
@@ -43,22 +44,25 @@ def main(name: str, change: str, source: Path) -> None:
     folder = HERE / name
     if folder.exists():
         sys.exit(f"error: {folder} exists; choose another NAME or remove it")
+    stale = sorted(json.loads(run(["dvc", "status", "--json"], source) or "{}"))
+    locked = yaml.safe_load((source / "dvc.lock").read_text())["stages"]
+    stale_outputs = {out["path"] for stage in stale for out in locked.get(stage, {}).get("outs", [])}
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], source))
     workspace = next(iter(shown.values()), {})  # one revision: the workspace
     folder.mkdir(parents=True)
     for file in ("params.yaml", "dvc.lock"):
         shutil.copy(source / file, folder / file)
     report = source / "reports" / "results" / "results.md"
-    if report.exists():
+    if report.exists() and "report" not in stale:
         shutil.copy(report, folder / "results.md")
     (folder / "metrics.json").write_text(json.dumps(
-        {path: entry["data"] for path, entry in sorted(workspace.items()) if "data" in entry}, indent=1) + "\n")
+        {path: entry["data"] for path, entry in sorted(workspace.items()) if "data" in entry and path not in stale_outputs}, indent=1) + "\n")
     (folder / "run.json").write_text(json.dumps({
         "name": name,
         "change": change,
         "commit": run(["git", "rev-parse", "HEAD"], source).strip(),
         "uncommitted": run(["git", "status", "--porcelain", "--untracked-files=no"], source).split("\n")[:-1],
-        "stages_not_up_to_date": sorted(json.loads(run(["dvc", "status", "--json"], source) or "{}")),
+        "stages_not_up_to_date": stale,
         "cpu": cpu_model(),
         "date": date.today().isoformat(),
     }, indent=1) + "\n")
