@@ -46,17 +46,21 @@ def main(name: str, change: str, source: Path) -> None:
         sys.exit(f"error: {folder} exists; choose another NAME or remove it")
     stale = sorted(json.loads(run(["dvc", "status", "--json"], source) or "{}"))
     locked = yaml.safe_load((source / "dvc.lock").read_text())["stages"]
-    stale_outputs = {out["path"] for stage in stale for out in locked.get(stage, {}).get("outs", [])}
+    # each metric as the lock recorded it (from the cache by its hash): the workspace can already
+    # hold another run's copy of an output this run shares with it
+    cache = Path(run(["dvc", "cache", "dir"], source).strip())
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], source))
-    workspace = next(iter(shown.values()), {})  # one revision: the workspace
+    metric_paths = next(iter(shown.values()), {}).get("data", {})
+    metrics = {out["path"]: json.loads((cache / "files" / "md5" / out["md5"][:2] / out["md5"][2:]).read_text())
+               for stage, entry in locked.items() if stage not in stale
+               for out in entry.get("outs", []) if out["path"] in metric_paths}
     folder.mkdir(parents=True)
     for file in ("params.yaml", "dvc.lock"):
         shutil.copy(source / file, folder / file)
     report = source / "reports" / "results" / "results.md"
     if report.exists() and "report" not in stale:
         shutil.copy(report, folder / "results.md")
-    (folder / "metrics.json").write_text(json.dumps(
-        {path: entry["data"] for path, entry in sorted(workspace.items()) if "data" in entry and path not in stale_outputs}, indent=1) + "\n")
+    (folder / "metrics.json").write_text(json.dumps(dict(sorted(metrics.items())), indent=1) + "\n")
     (folder / "run.json").write_text(json.dumps({
         "name": name,
         "change": change,
