@@ -27,6 +27,10 @@ def run(args: list[str], cwd: Path) -> str:
     return subprocess.run(args, cwd=cwd, check=True, capture_output=True, text=True).stdout
 
 
+def cached(cache: Path, md5: str) -> Path:
+    return cache / "files" / "md5" / md5[:2] / md5[2:]
+
+
 def cpu_model() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -46,19 +50,23 @@ def main(name: str, change: str, source: Path) -> None:
         sys.exit(f"error: {folder} exists; choose another NAME or remove it")
     stale = sorted(json.loads(run(["dvc", "status", "--json"], source) or "{}"))
     locked = yaml.safe_load((source / "dvc.lock").read_text())["stages"]
-    # each metric as the lock recorded it (from the cache by its hash): the workspace can already
-    # hold another run's copy of an output this run shares with it
+    # each metric and the report as the lock recorded them (from the cache by their hashes): the
+    # workspace can already hold another run's copy of an output this run shares with it
     cache = Path(run(["dvc", "cache", "dir"], source).strip())
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], source))
     metric_paths = next(iter(shown.values()), {}).get("data", {})
-    metrics = {out["path"]: json.loads((cache / "files" / "md5" / out["md5"][:2] / out["md5"][2:]).read_text())
+    metrics = {out["path"]: json.loads(cached(cache, out["md5"]).read_text())
                for stage, entry in locked.items() if stage not in stale
                for out in entry.get("outs", []) if out["path"] in metric_paths}
+    report = None
+    if "report" in locked and "report" not in stale:
+        results = next(out for out in locked["report"]["outs"] if out["path"] == "reports/results")
+        listing = json.loads(cached(cache, results["md5"]).read_text())
+        report = next(cached(cache, entry["md5"]) for entry in listing if entry["relpath"] == "results.md")
     folder.mkdir(parents=True)
     for file in ("params.yaml", "dvc.lock"):
         shutil.copy(source / file, folder / file)
-    report = source / "reports" / "results" / "results.md"
-    if report.exists() and "report" not in stale:
+    if report is not None:
         shutil.copy(report, folder / "results.md")
     (folder / "metrics.json").write_text(json.dumps(dict(sorted(metrics.items())), indent=1) + "\n")
     (folder / "run.json").write_text(json.dumps({
