@@ -12,8 +12,9 @@ normalization.
 Behavior cloning is the same Gaussian policy fitted with every weight 1 (no critic); with
 discrete actions (MiniGrid) a categorical policy. Goal-conditioned BC, the baseline of goal
 reaching, reads the state each path ends in (the goal dims the Trajectory Transformer puts first)
-after the observation, and a map-conditioned one also the map, one-hot: the same information the
-goal-conditioned Trajectory Transformer is given.
+after the observation, and a map-conditioned one also the map, through the Trajectory
+Transformer's own small CNN (`MapEncoder`): the same information, read the same way. (An MLP on
+the flattened one-hot map learned its training maps and reached 0 of 10 held-out MiniGrid maps.)
 
 `OfflineAgent` holds one run's networks, the normalization, and the methods the planner and the
 evaluation call (`q`, `v`, `act`); `BehaviorCloning` and `ImplicitQLearning` hold its optimizers,
@@ -40,11 +41,12 @@ from trajectory_transformer.artifacts import atomic_directory, write_json, write
 from trajectory_transformer.config import Count, NonNegative, Positive, Probability
 from trajectory_transformer.datasets import Transitions
 from trajectory_transformer.errors import PipelineError
+from trajectory_transformer.model import MapEncoder
 from trajectory_transformer.trajectories import SequenceSpec, path_bounds, path_goals
 from trajectory_transformer.weights import load_checkpoint, load_weights, resolve_device, save_checkpoint, save_weights, use_cpu_threads
 
 CHECKPOINT_FORMAT = "offline-agent-checkpoint/1"
-AGENT_FORMAT = "offline-agent/2"  # /2: the file records its own SHA-256
+AGENT_FORMAT = "offline-agent/3"  # /2: the file records its own SHA-256; /3: maps read by a CNN
 LOG_STD_RANGE = (-20.0, 2.0)
 
 
@@ -91,7 +93,8 @@ def mlp(inputs: int, hidden: list[int], outputs: int) -> nn.Sequential:
 class OfflineAgent(nn.Module):
     """A policy, and for IQL the critics, over standardized observations (for a goal-conditioned
     policy: the observation and its goal, `goal_dim` more inputs, standardized together; for a
-    map-conditioned one, then the one-hot (H, W) map of `map_codes` codes). `action_choices` > 0:
+    map-conditioned one, then the (H, W) map of `map_codes` codes, embedded by a CNN as wide as the
+    first hidden layer). `action_choices` > 0:
     a categorical policy over that many discrete actions, else a Gaussian."""
 
     def __init__(self, observation_dim: int, action_dim: int, hidden: list[int], with_critic: bool,
@@ -102,8 +105,8 @@ class OfflineAgent(nn.Module):
         self.register_buffer("observation_std", torch.ones(observation_dim + goal_dim))
         self.register_buffer("action_low", -torch.ones(action_dim))
         self.register_buffer("action_high", torch.ones(action_dim))
-        map_inputs = int(np.prod(map_shape)) * map_codes if map_codes else 0
-        self.policy = mlp(observation_dim + goal_dim + map_inputs, hidden, action_choices or action_dim)
+        self.map_encoder = MapEncoder(map_shape, map_codes, hidden[0]) if map_codes else None
+        self.policy = mlp(observation_dim + goal_dim + (hidden[0] if map_codes else 0), hidden, action_choices or action_dim)
         if not action_choices:
             self.log_std = nn.Parameter(torch.zeros(action_dim))
         self.with_critic = with_critic
@@ -111,6 +114,11 @@ class OfflineAgent(nn.Module):
             self.q1 = mlp(observation_dim + action_dim, hidden, 1)
             self.q2 = mlp(observation_dim + action_dim, hidden, 1)
             self.value = mlp(observation_dim, hidden, 1)
+
+    def actor_parameters(self) -> list[nn.Parameter]:
+        """What the actor's loss trains: the policy, its map encoder and its log std."""
+        encoder = list(self.map_encoder.parameters()) if self.map_encoder is not None else []
+        return [*self.policy.parameters(), *encoder, *([self.log_std] if not self.action_choices else [])]
 
     def normalize(self, observations: torch.Tensor) -> torch.Tensor:
         return (observations - self.observation_mean) / self.observation_std
@@ -121,8 +129,7 @@ class OfflineAgent(nn.Module):
             raise ValueError("a goal- or map-conditioned policy needs its goals and maps, and no other does")
         inputs = self.normalize(observations if goals is None else torch.cat([observations, goals], dim=-1))
         if maps is not None:
-            one_hot = F.one_hot(maps.long().clamp(max=self.map_codes - 1), self.map_codes)
-            inputs = torch.cat([inputs, one_hot.flatten(-3).to(inputs.dtype)], dim=-1)
+            inputs = torch.cat([inputs, self.map_encoder(maps).to(inputs.dtype)], dim=-1)
         return self.policy(inputs)
 
     def mean_action(self, observations: torch.Tensor, goals: torch.Tensor | None = None,
@@ -253,8 +260,7 @@ class BehaviorCloning:
 
     def __init__(self, agent: OfflineAgent, spec: BCSpec):
         self.agent, self.spec = agent, spec
-        self.actor_optimizer = torch.optim.Adam([*agent.policy.parameters(), *([agent.log_std] if not agent.action_choices else [])],
-                                                lr=spec.learning_rate)
+        self.actor_optimizer = torch.optim.Adam(agent.actor_parameters(), lr=spec.learning_rate)
         self.actor_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_optimizer, spec.updates)
 
     def state(self) -> dict:

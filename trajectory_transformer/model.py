@@ -204,19 +204,20 @@ class Block(nn.Module):
 
 
 class MapEncoder(nn.Module):
-    """A small CNN from an (H, W) map of integer codes (one-hot channels) to one embedding."""
+    """A small CNN from an (H, W) map of `codes` integer codes (one-hot channels) to one
+    embedding of `width` (also the map input of goal-conditioned BC, critic.py)."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, map_shape: list[int] | tuple[int, ...], codes: int, width: int):
         super().__init__()
-        self.codes = config.map_codes
-        height, width = config.map_shape
+        self.codes = codes
+        height, breadth = map_shape
         for _ in range(2):  # two stride-2 convolutions
-            height, width = (height + 1) // 2, (width + 1) // 2
+            height, breadth = (height + 1) // 2, (breadth + 1) // 2
         self.net = nn.Sequential(
-            nn.Conv2d(config.map_codes, 16, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(codes, 16, 3, padding=1), nn.ReLU(),
             nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Flatten(), nn.Linear(32 * height * width, config.n_embd),
+            nn.Flatten(), nn.Linear(32 * height * breadth, width),
         )
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
@@ -237,7 +238,7 @@ class TrajectoryTransformer(nn.Module):
             raise ValueError(f"unknown position embedding {config.position_embedding!r}")
         if config.goal_length:
             self.goal_position_embedding = nn.Parameter(torch.zeros(1, config.goal_length, width))
-        self.map_encoder = MapEncoder(config) if config.map_shape else None
+        self.map_encoder = MapEncoder(config.map_shape, config.map_codes, width) if config.map_shape else None
         self.dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(width)
