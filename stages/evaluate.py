@@ -18,6 +18,7 @@ import torch
 from trajectory_transformer.artifacts import atomic_directory, file_hash, verified_folder_hash, write_json
 from trajectory_transformer.cli import stage_command
 from trajectory_transformer.config import load_params, parse, section
+from trajectory_transformer.critic import BCSpec
 from trajectory_transformer.datasets import DatasetSpec
 from trajectory_transformer.errors import PipelineError
 from trajectory_transformer.evaluation import EvaluateSpec, ImitationSpec, PlanningAgent, evaluate, load_batched_agent, summarize
@@ -56,6 +57,8 @@ def main(dataset: str, seed: int, data_dir: Path, model_dir: Path | None, discre
         agent = load_batched_agent(policy_dir, device=device, data=data)
         if isinstance(agent, PlanningAgent):
             raise PipelineError(f"{policy_dir} holds a Trajectory Transformer: pass it as --model, with --discretizer")
+        if agent.agent.action_choices and parse(BCSpec, section(params, "bc"), "bc").discrete_actions == "sample":
+            agent.draw_actions(seed * PLANNER_SEED_STRIDE + spec.seed)
     else:
         planner = parse(PlannerSpec, {**section(params, "plan"), **dataset_spec.plan}, f"plan (with {where}.plan)")
         if imitation:

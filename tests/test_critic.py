@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from trajectory_transformer.critic import AgentIdentity, BCSpec, IQLSpec, expectile_loss, load_offline_agent, train_agent
+from trajectory_transformer.critic import AgentIdentity, BCSpec, IQLSpec, OfflineAgent, expectile_loss, load_offline_agent, train_agent
 from trajectory_transformer.datasets import Transitions
 from trajectory_transformer.errors import PipelineError
 from trajectory_transformer.evaluation import PolicyAgent
@@ -162,3 +162,18 @@ def test_map_conditioned_bc_picks_the_discrete_action_its_map_shows(tmp_path):
     probes.reshape(4, 4)[np.arange(4), np.arange(4)] = 2
     acting.reset([None] * 4, list(probes))
     assert np.array(acting.act([0, 1, 2, 3], [np.zeros(1)] * 4))[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_a_categorical_policy_draws_its_actions_only_when_asked():
+    """Greedy, an untrained categorical policy takes one action wherever it stands; drawing, it
+    takes each action about as often as its probability says, the same draws for the same seed."""
+    torch.manual_seed(0)
+    agent = OfflineAgent(1, 1, [8], with_critic=False, action_choices=3)
+    observations = torch.zeros(3000, 1)
+    greedy = agent.act(observations)
+    assert greedy.unique().numel() == 1
+    probabilities = agent.policy_output(observations[:1]).softmax(-1)[0]
+    drawn = agent.act(observations, generator=torch.Generator().manual_seed(5))
+    counts = torch.bincount(drawn[:, 0].long(), minlength=3) / 3000
+    assert torch.allclose(counts, probabilities, atol=0.03)
+    assert torch.equal(drawn, agent.act(observations, generator=torch.Generator().manual_seed(5)))

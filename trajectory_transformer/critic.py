@@ -64,6 +64,9 @@ class BCSpec:
     checkpoint_every: Count = 10_000
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cpu_threads: Count = 2
+    # how a categorical policy acts in evaluation (read there only; a Gaussian acts by its mean):
+    # its most likely action, or one drawn from it, seeded as the planner is
+    discrete_actions: Literal["greedy", "sample"] = "greedy"
 
 
 @dataclass
@@ -147,10 +150,15 @@ class OfflineAgent(nn.Module):
         return torch.distributions.Normal(self.mean_action(observations, goals, maps), std).log_prob(actions).sum(-1)
 
     @torch.no_grad()
-    def act(self, observations: torch.Tensor, goals: torch.Tensor | None = None, maps: torch.Tensor | None = None) -> torch.Tensor:
-        """The action executed in evaluation: the policy's mean, or its most likely discrete action (as its index)."""
+    def act(self, observations: torch.Tensor, goals: torch.Tensor | None = None, maps: torch.Tensor | None = None,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+        """The action executed in evaluation: the policy's mean; a discrete action (as its index) drawn
+        with `generator`, or without one the most likely."""
         if self.action_choices:
-            return self.policy_output(observations, goals, maps).argmax(-1, keepdim=True).to(observations.dtype)
+            logits = self.policy_output(observations, goals, maps)
+            if generator is None:
+                return logits.argmax(-1, keepdim=True).to(observations.dtype)
+            return torch.multinomial(logits.softmax(-1), 1, generator=generator).to(observations.dtype)
         return self.mean_action(observations, goals, maps)
 
     def q_pair(self, observations: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,9 +251,10 @@ class AgentIdentity:
     map_conditioned: bool = False  # BC reads each step's map
 
     def fingerprint(self, spec: BCSpec) -> str:
-        # everything but the logging cadence and the list of datasets, left unread (the params check counts reads)
+        # everything but the logging cadence, the list of datasets and how evaluation acts, left unread
+        # (the params check counts reads)
         content = {"identity": asdict(self), "spec": {f.name: getattr(spec, f.name) for f in fields(spec)
-                                                      if f.name not in ("log_every", "checkpoint_every", "datasets")}}
+                                                      if f.name not in ("log_every", "checkpoint_every", "datasets", "discrete_actions")}}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 

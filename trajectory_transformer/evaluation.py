@@ -138,12 +138,21 @@ class PlanningAgent:
 
 class PolicyAgent:
     """BC or IQL: the policy's mean action for every running environment, in one batch (a
-    goal-conditioned BC reads each episode's desired goal, a map-conditioned one its map)."""
+    goal-conditioned BC reads each episode's desired goal, a map-conditioned one its map); a
+    categorical policy's most likely action, or after `draw_actions` one drawn from it."""
 
     def __init__(self, agent: OfflineAgent, device: torch.device, weights: Path | None = None):
         self.agent, self.device, self.weights = agent, device, weights
         self.seconds, self.calls = 0.0, 0
         self.goals = self.maps = None
+        self.generator = None
+
+    def draw_actions(self, seed: int) -> None:
+        """Act by sampling the categorical policy (seeded) instead of taking its most likely action:
+        greedy, an imperfect policy in a deterministic world repeats its mistake forever."""
+        if not self.agent.action_choices:
+            raise PipelineError("only a categorical policy draws its actions; a Gaussian acts by its mean")
+        self.generator = torch.Generator(self.device).manual_seed(seed)
 
     def reset(self, goals: list[np.ndarray | None], maps: list[np.ndarray | None]) -> None:
         self.goals = self.maps = None
@@ -161,7 +170,7 @@ class PolicyAgent:
         rows = torch.as_tensor(active, device=self.device)
         goals = self.goals[rows] if self.goals is not None else None
         maps = self.maps[rows] if self.maps is not None else None
-        actions = list(self.agent.act(batch, goals, maps).cpu().numpy().astype(np.float64))
+        actions = list(self.agent.act(batch, goals, maps, self.generator).cpu().numpy().astype(np.float64))
         self.seconds += time.perf_counter() - start
         self.calls += 1
         return actions
