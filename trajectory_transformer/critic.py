@@ -66,7 +66,7 @@ class BCSpec:
     cpu_threads: Count = 2
     # how a categorical policy acts in evaluation (read there only; a Gaussian acts by its mean):
     # its most likely action, or one drawn from it, seeded as the planner is
-    discrete_actions: Literal["greedy", "sample"] = "greedy"
+    discrete_actions: Literal["greedy", "sample"] = "sample"
 
 
 @dataclass
