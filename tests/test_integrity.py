@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import Project, make_project
+from trajectory_transformer.critic import AGENT_FORMAT
+from trajectory_transformer.training import MODEL_FORMAT
 
 DATA, DISCRETIZER = "data/raw/reacher-medium", "data/discretized/reacher-medium/quantile"
 MODEL, AGENT = "models/reacher-medium/quantile/seed-0", "models/reacher-medium/bc/seed-0"
@@ -81,9 +83,9 @@ def test_weights_changed_in_place_are_refused(built):
 def test_weights_of_another_kind_or_not_finite_are_refused(built):
     agent = copy(built, AGENT, "model-as-agent")
     shutil.copy(built.path / MODEL / "model.safetensors", built.path / agent / "agent.safetensors")
-    refused(evaluate(built, policy=agent), "is not a offline-agent/2 file (found 'trajectory-transformer-model/2')")
+    refused(evaluate(built, policy=agent), f"is not a {AGENT_FORMAT} file (found '{MODEL_FORMAT}')")
 
-    from trajectory_transformer.training import MODEL_FORMAT, load_model
+    from trajectory_transformer.training import load_model
     from trajectory_transformer.weights import save_weights
     model, metadata = load_model(built.path / MODEL)
     with torch.no_grad():
