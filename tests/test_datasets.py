@@ -108,10 +108,12 @@ def test_generation_is_byte_identical(tmp_path, umaze):
     assert digest(tmp_path / "r1") == digest(tmp_path / "r2")
 
 
-def test_reacher_qualities_are_ordered_by_mean_return(tmp_path):
+@pytest.mark.parametrize("generator, episode_steps", [("reacher", None), ("pendulum", 200)])
+def test_controlled_qualities_are_ordered_by_mean_return(tmp_path, generator, episode_steps):
     scores = {}
     for quality in ("random", "medium-replay", "medium", "medium-expert", "expert"):
-        spec = FetchSpec(source="generate", generator="reacher", quality=quality, episodes=40, reference_episodes=20)
+        spec = FetchSpec(source="generate", generator=generator, quality=quality, episodes=40, reference_episodes=20,
+                         episode_steps=episode_steps)
         fetch(spec, quality, tmp_path / quality)
         scores[quality] = summary(tmp_path / quality)["normalized_score"]
     ordered = [scores[q] for q in ("random", "medium-replay", "medium", "medium-expert", "expert")]
@@ -135,6 +137,44 @@ def test_reacher_records_what_doing_nothing_scores(tmp_path):
             distances.append(info["reward_dist"])
     assert recorded["zero_action_return"] == pytest.approx(sum(distances) / 5, rel=1e-9)
     assert recorded["reference_random_return"] < recorded["zero_action_return"] < recorded["reference_expert_return"]
+
+
+def test_the_pendulum_lqr_stabilizes_the_upright_pendulum_and_its_medium_does_not_always():
+    """The recorded gain against the env's own dynamics: linearized here by central differences
+    of one env step, the closed loop is stable (spectral radius below 1) at full gain and at the
+    medium's 0.6; the expert balances every 200-step episode, and the medium falls in some."""
+    import gymnasium as gym
+    import mujoco
+    env = gym.make("InvertedDoublePendulum-v5", max_episode_steps=200)
+    model, data, frame_skip = env.unwrapped.model, env.unwrapped.data, env.unwrapped.frame_skip
+
+    def step(state, force):
+        data.qpos[:], data.qvel[:], data.ctrl[:] = state[:3], state[3:], force
+        for _ in range(frame_skip):
+            mujoco.mj_step(model, data)
+        return np.concatenate([data.qpos, data.qvel])
+
+    eps, basis = 1e-5, np.eye(6)
+    a = np.stack([(step(eps * e, 0.0) - step(-eps * e, 0.0)) / (2 * eps) for e in basis], axis=1)
+    b = (step(np.zeros(6), eps) - step(np.zeros(6), -eps)) / (2 * eps)
+    assert max(abs(np.linalg.eigvals(a))) > 1  # upright is unstable without control
+    for scale in (1.0, behavior.PENDULUM_MEDIUM_GAIN):
+        closed_loop = a - scale * np.outer(b, behavior.PENDULUM_LQR_GAIN)
+        assert max(abs(np.linalg.eigvals(closed_loop))) < 1, scale
+
+    def lengths(controller):
+        rng, found = np.random.default_rng(0), []
+        for episode in range(10):
+            obs, _ = env.reset(seed=episode)
+            for t in range(200):
+                obs, _, terminated, truncated, _ = env.step(controller(obs, rng))
+                if terminated or truncated:
+                    break
+            found.append(t + 1)
+        return found
+
+    assert lengths(behavior.PENDULUM_POLICIES["expert"]) == [200] * 10
+    assert min(lengths(behavior.PENDULUM_POLICIES["medium"])) < 200
 
 
 def test_reacher_expert_beats_random_by_a_wide_margin():

@@ -11,6 +11,18 @@ Data qualities are graded versions of it, analogous to D4RL's:
   step follows the medium controller with probability s, else a uniform random action
   (D4RL's replay buffers hold a training run's history, mostly from early, poor policies);
 - medium-expert: medium and expert combined, as D4RL built it.
+
+InvertedDoublePendulum (alive bonus, falls end the episode, MuJoCo): a discrete-time LQR on the
+state (cart position, the two hinge angles, their velocities), linearized about the upright
+position. Doing nothing falls in about 10 steps and so does acting at random, so, unlike
+Reacher, a wrong average action is punished. Qualities:
+- expert: the LQR with N(0, 0.1^2) action noise (balances every 200-step episode);
+- medium: the LQR at 0.6 of its gain with N(0, 0.05^2) noise: a weaker controller, not noise
+  around the expert, that falls in about two episodes of three (about a third of the expert's return);
+- medium-replay: snapshots of a controller that learns: each episode draws its progress p
+  (uniform) and follows the LQR at 0.6 p of its gain with N(0, (0.05 + 0.2 (1 - p))^2) noise,
+  from falling at once to medium, as D4RL's replay buffers hold a run's whole history;
+- medium-expert: medium and expert combined.
 """
 
 from dataclasses import dataclass
@@ -51,6 +63,58 @@ REACHER_POLICIES = {
 
 def uniform_random_action(rng: np.random.Generator, dims: int) -> np.ndarray:
     return rng.uniform(-1.0, 1.0, size=dims)
+
+
+# Discrete-time LQR gain for InvertedDoublePendulum-v5 (dt 0.05 s: 5 MuJoCo steps), on the state
+# (x, theta1, theta2, x', theta1', theta2'): the env step linearized by central differences about
+# the upright rest state, Q = diag(1, 10, 10, 0.1, 0.1, 0.1), R = 1, the Riccati iteration run to
+# convergence. Closed-loop spectral radius 0.93 (tests/test_datasets.py checks it stabilizes).
+PENDULUM_LQR_GAIN = np.array([0.2128, 1.8131, 5.5687, 0.3149, 0.9024, 0.8482])
+PENDULUM_MEDIUM_GAIN = 0.6
+
+
+def pendulum_state(observation: np.ndarray) -> np.ndarray:
+    """(x, theta1, theta2, x', theta1', theta2') from InvertedDoublePendulum-v5's observation."""
+    angles = np.arctan2(observation[1:3], observation[3:5])
+    return np.concatenate([observation[:1], angles, observation[5:8]])
+
+
+@dataclass(frozen=True)
+class PendulumController:
+    gain_scale: float
+    noise: float
+
+    def __call__(self, observation: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        action = -self.gain_scale * PENDULUM_LQR_GAIN @ pendulum_state(observation)
+        if self.noise > 0:
+            action = action + rng.normal(0.0, self.noise)
+        return np.clip(np.atleast_1d(action), -1.0, 1.0)
+
+
+PENDULUM_EXPERT = PendulumController(gain_scale=1.0, noise=0.0)
+PENDULUM_POLICIES = {
+    "expert": PendulumController(gain_scale=1.0, noise=0.1),
+    "medium": PendulumController(gain_scale=PENDULUM_MEDIUM_GAIN, noise=0.05),
+}
+
+
+class PendulumBehavior:
+    """One episode's behavior policy for a data quality (see the module docstring)."""
+
+    def __init__(self, quality: str, rng: np.random.Generator):
+        self.rng = rng
+        if quality == "random":
+            self.controller = None
+        elif quality == "medium-replay":
+            progress = rng.uniform()
+            self.controller = PendulumController(PENDULUM_MEDIUM_GAIN * progress, 0.05 + 0.2 * (1 - progress))
+        else:
+            self.controller = PENDULUM_POLICIES[quality]
+
+    def __call__(self, observation: np.ndarray) -> np.ndarray:
+        if self.controller is None:
+            return uniform_random_action(self.rng, 1)
+        return self.controller(observation, self.rng)
 
 
 class ReacherBehavior:

@@ -46,11 +46,12 @@ class FetchSpec:
     # minari: one id, or several to combine (medium-expert = medium + expert, as D4RL built it)
     minari_id: str | list[str] | None = None
     # generate
-    generator: Literal["pointmaze", "pointmaze-goals", "reacher", "minigrid"] | None = None
+    generator: Literal["pointmaze", "pointmaze-goals", "reacher", "pendulum", "minigrid"] | None = None
     maze: str | None = None
     quality: str | None = None
     transitions: Count | None = None  # pointmaze: length of the one continuing run
-    episodes: Count | None = None  # reacher: episodes per quality; pointmaze-goals, minigrid: episodes
+    episodes: Count | None = None  # reacher, pendulum: episodes per quality; pointmaze-goals, minigrid: episodes
+    episode_steps: Count | None = None  # reacher, pendulum: a time limit below the env's own (data and evaluation)
     random_action_probability: Probability = 0.25  # minigrid: each step acts uniformly at random with this probability
     # pointmaze, pointmaze-goals: std of the Gaussian noise on the expert's actions (0.5: Minari's
     # PointMaze recipe; the paper's four-rooms data came from a trained goal-reaching agent)
@@ -300,10 +301,6 @@ def pointmaze_reference_returns(maze: str, episodes: int) -> tuple[float, float]
     return reference_policy_returns(lambda: mazes.make_evaluation_env(maze), expert, episodes)
 
 
-def reacher_reference_returns(episodes: int) -> tuple[float, float]:
-    return reference_policy_returns(lambda: gym.make("Reacher-v5"), lambda env, rng: lambda obs: behavior.REACHER_EXPERT(obs, rng), episodes)
-
-
 def reference_policy_returns(make_env, make_expert, episodes: int, random_action=None) -> tuple[float, float]:
     """(random, expert) mean returns over `episodes` seeded episodes. Seeded apart from the data
     (reference episode i resets with seed i), so every dataset of a task shares them.
@@ -328,34 +325,57 @@ def policy_return(make_env, make_policy, episodes: int) -> float:
     return float(np.mean(returns))
 
 
-def generate_reacher(spec: FetchSpec, name: str) -> Path:
+@dataclass(frozen=True)
+class ControlTask:
+    """A MuJoCo task whose data come from scripted controllers of graded quality (behavior.py)."""
+
+    env_id: str
+    behavior: Callable[[str, np.random.Generator], Callable[[np.ndarray], np.ndarray]]  # (quality, rng) -> policy
+    expert: Callable[[np.ndarray, np.random.Generator], np.ndarray]  # the reference expert, noise-free
+    algorithm: str
+
+    def make_env(self, spec: FetchSpec) -> gym.Env:
+        return gym.make(self.env_id, **({} if spec.episode_steps is None else {"max_episode_steps": spec.episode_steps}))
+
+
+CONTROL_TASKS = {
+    "reacher": ControlTask("Reacher-v5", behavior.ReacherBehavior, behavior.REACHER_EXPERT,
+                           "scripted Jacobian-transpose PD controller"),
+    "pendulum": ControlTask("InvertedDoublePendulum-v5", behavior.PendulumBehavior, behavior.PENDULUM_EXPERT,
+                            "scripted LQR controller"),
+}
+
+
+def generate_controlled(spec: FetchSpec, name: str) -> Path:
     if spec.quality == "medium-expert":
         parts = []
         for offset, quality in enumerate(("medium", "expert")):
             part = dataclasses.replace(spec, quality=quality, seed=spec.seed * 2 + offset)
-            parts.append(minari.MinariDataset(generate_reacher(part, f"{name}-{quality}") / "data"))
+            parts.append(minari.MinariDataset(generate_controlled(part, f"{name}-{quality}") / "data"))
         return combine(parts, name)
-    rng = np.random.default_rng(spec.seed)
-    collector = minari.DataCollector(gym.make("Reacher-v5"))
+    task, rng = CONTROL_TASKS[spec.generator], np.random.default_rng(spec.seed)
+    collector = minari.DataCollector(task.make_env(spec))
     for _ in tqdm(range(spec.episodes), desc=f"generate {name}", unit="episode", mininterval=2):
         obs, _ = collector.reset(seed=int(rng.integers(2**31)))
-        policy = behavior.ReacherBehavior(spec.quality, rng)
+        policy = task.behavior(spec.quality, rng)
         done = False
         while not done:
             obs, _, terminated, truncated, _ = collector.step(policy(obs).astype(np.float32))
             done = terminated or truncated
-    low, high = reacher_reference_returns(spec.reference_episodes)
+    make_env = lambda: task.make_env(spec)  # noqa: E731
+    low, high = reference_policy_returns(make_env, lambda env, rng: lambda obs: task.expert(obs, rng), spec.reference_episodes)
     folder = create_dataset(
         collector,
         name,
         eval_env=None,
-        algorithm_name=f"scripted Jacobian-transpose PD controller, quality {spec.quality}",
-        description=f"Reacher-v5, {spec.episodes} episodes of the '{spec.quality}' behavior policy",
+        algorithm_name=f"{task.algorithm}, quality {spec.quality}",
+        description=f"{task.env_id}, {spec.episodes} episodes of the '{spec.quality}' behavior policy",
         ref_min_score=low,
         ref_max_score=high,
     )
-    # Doing nothing costs no control: it sets the floor a method must clear to have learned anything
-    zero = policy_return(lambda: gym.make("Reacher-v5"), lambda env, rng: lambda _: np.zeros(2), spec.reference_episodes)
+    # Doing nothing sets the floor a method must clear to have learned anything (Reacher: no control cost)
+    zero_action = np.zeros(make_env().action_space.shape)
+    zero = policy_return(make_env, lambda env, rng: lambda _: zero_action, spec.reference_episodes)
     minari.MinariDataset(folder / "data").storage.update_metadata({ZERO_ACTION_KEY: zero})
     return folder
 
@@ -380,7 +400,7 @@ def check_minigrid(spec: FetchSpec, where: str) -> None:
     need(spec, "episodes", where, "set the number of episodes to generate")
 
 
-def check_reacher(spec: FetchSpec, where: str) -> None:
+def check_controlled(spec: FetchSpec, where: str) -> None:
     need(spec, "quality", where, f"choose one of {', '.join(QUALITIES)}")
     if spec.quality not in QUALITIES:
         raise PipelineError(f"params {where}.quality: unknown quality '{spec.quality}', choose one of {', '.join(QUALITIES)}")
@@ -419,8 +439,8 @@ GENERATORS = {
     "pointmaze-goals": GeneratorKind(check_pointmaze_goals, generate_pointmaze_goals,
                                      lambda spec: mazes.make_evaluation_env(spec.maze), lambda spec: spec.maze,
                                      draw_paths=draw_maze_paths),
-    "reacher": GeneratorKind(check_reacher, generate_reacher,
-                             lambda spec: gym.make("Reacher-v5"), lambda spec: spec.quality),
+    **{name: GeneratorKind(check_controlled, generate_controlled, task.make_env, lambda spec: spec.quality)
+       for name, task in CONTROL_TASKS.items()},
     "minigrid": GeneratorKind(check_minigrid, generate_minigrid,
                               lambda spec: gridworld.make_env(), lambda spec: gridworld.ENV_ID, draw_paths=draw_minigrid_paths),
 }
