@@ -164,9 +164,10 @@ def test_map_conditioned_bc_picks_the_discrete_action_its_map_shows(tmp_path):
     assert np.array(acting.act([0, 1, 2, 3], [np.zeros(1)] * 4))[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
-def test_a_categorical_policy_draws_its_actions_only_when_asked():
+def test_a_categorical_policy_draws_its_actions_only_when_asked(tmp_path):
     """Greedy, an untrained categorical policy takes one action wherever it stands; drawing, it
-    takes each action about as often as its probability says, the same draws for the same seed."""
+    takes each action about as often as its probability says, the same draws for the same seed.
+    `load_agent` draws by default, as the pipeline does, and takes the most likely when asked."""
     torch.manual_seed(0)
     agent = OfflineAgent(1, 1, [8], with_critic=False, action_choices=3)
     observations = torch.zeros(3000, 1)
@@ -177,3 +178,14 @@ def test_a_categorical_policy_draws_its_actions_only_when_asked():
     counts = torch.bincount(drawn[:, 0].long(), minlength=3) / 3000
     assert torch.allclose(counts, probabilities, atol=0.03)
     assert torch.equal(drawn, agent.act(observations, generator=torch.Generator().manual_seed(5)))
+
+    from trajectory_transformer import load_agent
+    from trajectory_transformer.critic import write_agent
+    write_agent(agent, AgentIdentity("d", "x", "bc", 0), BCSpec(hidden=[8]), tmp_path / "agent", tmp_path / "report", {}, [])
+
+    def acted(mode: str) -> set[float]:
+        acting = load_agent(tmp_path / "agent", seed=5, discrete_actions=mode)
+        return {float(acting.act(np.zeros(1), None if step == 0 else 0.0)[0]) for step in range(50)}
+
+    assert acted("greedy") == {float(greedy[0, 0])}
+    assert len(acted("sample")) == 3

@@ -263,15 +263,20 @@ class Agent:
 
 def load_agent(folder: str | Path, *, plan: PlannerSpec | dict | None = None, critic: str | Path | None = None,
                discretizer: str | Path | None = None, observation: ObservationSpec | dict | None = None,
-               action_space: gym.Space | None = None, seed: int = 0, device: str = "auto") -> Agent:
+               action_space: gym.Space | None = None, seed: int = 0, device: str = "auto",
+               discrete_actions: Literal["greedy", "sample"] = "sample") -> Agent:
     """A trained TT, TT+Q (`critic`: an IQL agent's folder), IQL or BC agent for your own
     environment: what the evaluate stages run, one environment at a time. `observation`: the
     dataset's `observation` params (needed for dict observations); `action_space`: the
-    environment's, to clip (or round, for discrete actions) what the agent returns."""
+    environment's, to clip (or round, for discrete actions) what the agent returns.
+    `discrete_actions`: how a categorical BC or IQL policy acts (the `bc.discrete_actions`
+    param; drawn with `seed`, as the pipeline does by default, or its most likely action)."""
     if observation is not None and not isinstance(observation, ObservationSpec):
         observation = parse(ObservationSpec, observation, "observation")
-    return Agent(load_batched_agent(folder, plan=plan, critic=critic, discretizer=discretizer, seed=seed, device=device),
-                 observation, action_space)
+    agent = load_batched_agent(folder, plan=plan, critic=critic, discretizer=discretizer, seed=seed, device=device)
+    if isinstance(agent, PolicyAgent) and agent.agent.action_choices and discrete_actions == "sample":
+        agent.draw_actions(seed)
+    return Agent(agent, observation, action_space)
 
 
 def evaluate(
