@@ -1,0 +1,75 @@
+"""Does a pendulum model's next-action prediction follow the state, or the previous action?
+
+Fresh episodes of each LQR controller (reset seeds from 50,000 on, which no dataset uses) are
+tokenized with the dataset's discretizer. At every step with a full window of history, the
+model's expected action (teacher-forced, bins decoded as the discretizer decodes them) is set
+against the controller's own mean action at that state and against the previous action taken,
+and regressed on both: a model that extrapolates its history puts weight on the previous action.
+
+    python experiments/probes/action_probe.py models/pendulum-medium-expert/quantile/seed-0 data/discretized/pendulum-medium-expert/quantile
+"""
+
+import sys
+from pathlib import Path
+
+import click
+import gymnasium as gym
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from trajectory_transformer.behavior import PENDULUM_LQR_GAIN, PENDULUM_POLICIES, pendulum_state  # noqa: E402
+from trajectory_transformer.discretization import Discretizer  # noqa: E402
+from trajectory_transformer.training import load_model  # noqa: E402
+
+EPISODES = 20
+FIRST_SEED = 50_000
+EPISODE_STEPS = 200  # the datasets' fetch.episode_steps
+TERMINATION_PENALTY = -100.0  # sequence.termination_penalty
+
+
+def episode_windows(controller, seed: int, discretizer: Discretizer, window: int):
+    """(tokens of the window ending at step t, controller mean at t, previous action) per step t."""
+    env = gym.make("InvertedDoublePendulum-v5", max_episode_steps=EPISODE_STEPS)
+    rng = np.random.default_rng(seed)
+    observation, _ = env.reset(seed=seed)
+    transitions, means, done = [], [], False
+    while not done:
+        means.append(float(np.clip(-controller.gain_scale * PENDULUM_LQR_GAIN @ pendulum_state(observation), -1, 1)))
+        action = controller(observation, rng)
+        next_observation, reward, terminated, truncated, _ = env.step(action)
+        reward += TERMINATION_PENALTY if terminated else 0.0
+        transitions.append(np.concatenate([observation, action, [reward, 0.0]]))  # value: never attended to
+        observation, done = next_observation, terminated or truncated
+    tokens = discretizer.tokenize(np.array(transitions))
+    action_dim = discretizer.observation_dim
+    for t in range(window - 1, len(transitions)):
+        yield tokens[t - window + 1 : t + 1].reshape(-1)[:-1], means[t], transitions[t - 1][action_dim]
+
+
+@click.command()
+@click.argument("model_dir", type=click.Path(exists=True, path_type=Path))
+@click.argument("discretizer_dir", type=click.Path(exists=True, path_type=Path))
+@click.option("--window", default=10, show_default=True, help="transitions per window: the model's sequence.window")
+def main(model_dir: Path, discretizer_dir: Path, window: int) -> None:
+    torch.set_num_threads(1)
+    model, _ = load_model(model_dir)
+    discretizer = Discretizer.load(discretizer_dir / "discretizer.json")
+    D, action_dim = discretizer.transition_dim, discretizer.observation_dim
+    for quality, controller in PENDULUM_POLICIES.items():
+        rows = [row for episode in range(EPISODES)
+                for row in episode_windows(controller, FIRST_SEED + episode, discretizer, window)]
+        tokens = torch.as_tensor(np.stack([r[0] for r in rows]))
+        with torch.inference_mode():  # the last observation token predicts the action token
+            logits = model(tokens)[:, (window - 1) * D + action_dim - 1, : discretizer.n_bins]
+        expected = torch.softmax(logits.double(), -1).numpy() @ discretizer.table[action_dim]
+        mean, previous = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
+        weights, *_ = np.linalg.lstsq(np.stack([mean, previous, np.ones_like(mean)], 1), expected, rcond=None)
+        rms = lambda x: float(np.sqrt(np.mean(np.square(x))))  # noqa: E731
+        print(f"{quality}: {len(rows)} steps; rms of the controller's mean action {rms(mean):.3f}; "
+              f"rms(model's expected action - mean) {rms(expected - mean):.3f}; rms(previous action - mean) {rms(previous - mean):.3f}; "
+              f"expected = {weights[0]:.2f} mean + {weights[1]:.2f} previous action {weights[2]:+.3f}")
+
+
+if __name__ == "__main__":
+    main()
