@@ -5,6 +5,9 @@ tokenized with the dataset's discretizer. At every step with a full window of hi
 model's expected action (teacher-forced, bins decoded as the discretizer decodes them) is set
 against the controller's own mean action at that state and against the previous action taken,
 and regressed on both: a model that extrapolates its history puts weight on the previous action.
+On the same steps, the model's action-token cross-entropy is set against its floor: knowing the
+state and the controller, the token's distribution is the controller noise's mass in each bin,
+so no model can pay less on average.
 
     python experiments/probes/action_probe.py models/pendulum-medium-expert/quantile/seed-0 data/discretized/pendulum-medium-expert/quantile
 """
@@ -16,6 +19,7 @@ import click
 import gymnasium as gym
 import numpy as np
 import torch
+from scipy.stats import norm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from trajectory_transformer.behavior import PENDULUM_LQR_GAIN, PENDULUM_POLICIES, pendulum_state  # noqa: E402
@@ -29,13 +33,14 @@ TERMINATION_PENALTY = -100.0  # sequence.termination_penalty
 
 
 def episode_windows(controller, seed: int, discretizer: Discretizer, window: int):
-    """(tokens of the window ending at step t, controller mean at t, previous action) per step t."""
+    """Per step t: tokens of the window ending at t, the controller's mean action at t (before
+    clipping), the previous action, and the action token's probability under the controller."""
     env = gym.make("InvertedDoublePendulum-v5", max_episode_steps=EPISODE_STEPS)
     rng = np.random.default_rng(seed)
     observation, _ = env.reset(seed=seed)
     transitions, means, done = [], [], False
     while not done:
-        means.append(float(np.clip(-controller.gain_scale * PENDULUM_LQR_GAIN @ pendulum_state(observation), -1, 1)))
+        means.append(float(-controller.gain_scale * PENDULUM_LQR_GAIN @ pendulum_state(observation)))
         action = controller(observation, rng)
         next_observation, reward, terminated, truncated, _ = env.step(action)
         reward += TERMINATION_PENALTY if terminated else 0.0
@@ -43,8 +48,14 @@ def episode_windows(controller, seed: int, discretizer: Discretizer, window: int
         observation, done = next_observation, terminated or truncated
     tokens = discretizer.tokenize(np.array(transitions))
     action_dim = discretizer.observation_dim
+    edges, last = discretizer.edges[action_dim], discretizer.n_bins - 1
     for t in range(window - 1, len(transitions)):
-        yield tokens[t - window + 1 : t + 1].reshape(-1)[:-1], means[t], transitions[t - 1][action_dim]
+        token = tokens[t, action_dim]
+        # clipping at the action bounds puts the tails' mass into the outer bins
+        low = -np.inf if token == 0 else edges[token]
+        high = np.inf if token == last else edges[token + 1]
+        mass = norm.cdf((high - means[t]) / controller.noise) - norm.cdf((low - means[t]) / controller.noise)
+        yield tokens[t - window + 1 : t + 1].reshape(-1)[:-1], means[t], transitions[t - 1][action_dim], mass
 
 
 @click.command()
@@ -61,14 +72,18 @@ def main(model_dir: Path, discretizer_dir: Path, window: int) -> None:
                 for row in episode_windows(controller, FIRST_SEED + episode, discretizer, window)]
         tokens = torch.as_tensor(np.stack([r[0] for r in rows]))
         with torch.inference_mode():  # the last observation token predicts the action token
-            logits = model(tokens)[:, (window - 1) * D + action_dim - 1, : discretizer.n_bins]
-        expected = torch.softmax(logits.double(), -1).numpy() @ discretizer.table[action_dim]
-        mean, previous = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
+            logits = model(tokens)[:, (window - 1) * D + action_dim - 1].double()
+        action_tokens = tokens[:, (window - 1) * D + action_dim]
+        cross_entropy = -logits.log_softmax(-1).gather(-1, action_tokens[:, None]).mean().item()
+        expected = torch.softmax(logits[:, : discretizer.n_bins], -1).numpy() @ discretizer.table[action_dim]
+        mean, previous = np.clip([r[1] for r in rows], -1, 1), np.array([r[2] for r in rows])
+        floor = float(-np.log(np.maximum([r[3] for r in rows], 1e-12)).mean())
         weights, *_ = np.linalg.lstsq(np.stack([mean, previous, np.ones_like(mean)], 1), expected, rcond=None)
         rms = lambda x: float(np.sqrt(np.mean(np.square(x))))  # noqa: E731
         print(f"{quality}: {len(rows)} steps; rms of the controller's mean action {rms(mean):.3f}; "
               f"rms(model's expected action - mean) {rms(expected - mean):.3f}; rms(previous action - mean) {rms(previous - mean):.3f}; "
-              f"expected = {weights[0]:.2f} mean + {weights[1]:.2f} previous action {weights[2]:+.3f}")
+              f"expected = {weights[0]:.2f} mean + {weights[1]:.2f} previous action {weights[2]:+.3f}; "
+              f"action-token cross-entropy {cross_entropy:.3f} nats, floor {floor:.3f}")
 
 
 if __name__ == "__main__":
