@@ -29,7 +29,6 @@ from trajectory_transformer.training import load_model  # noqa: E402
 EPISODES = 20
 FIRST_SEED = 50_000
 EPISODE_STEPS = 200  # the datasets' fetch.episode_steps
-TERMINATION_PENALTY = -100.0  # sequence.termination_penalty
 
 
 def episode_windows(controller, seed: int, discretizer: Discretizer, window: int):
@@ -43,8 +42,8 @@ def episode_windows(controller, seed: int, discretizer: Discretizer, window: int
         means.append(float(-controller.gain_scale * PENDULUM_LQR_GAIN @ pendulum_state(observation)))
         action = controller(observation, rng)
         next_observation, reward, terminated, truncated, _ = env.step(action)
-        reward += TERMINATION_PENALTY if terminated else 0.0
-        transitions.append(np.concatenate([observation, action, [reward, 0.0]]))  # value: never attended to
+        # value: never attended to; the termination penalty would follow the last action, which no window predicts past
+        transitions.append(np.concatenate([observation, action, [reward, 0.0]]))
         observation, done = next_observation, terminated or truncated
     tokens = discretizer.tokenize(np.array(transitions))
     action_dim = discretizer.observation_dim
@@ -61,10 +60,10 @@ def episode_windows(controller, seed: int, discretizer: Discretizer, window: int
 @click.command()
 @click.argument("model_dir", type=click.Path(exists=True, path_type=Path))
 @click.argument("discretizer_dir", type=click.Path(exists=True, path_type=Path))
-@click.option("--window", default=10, show_default=True, help="transitions per window: the model's sequence.window")
-def main(model_dir: Path, discretizer_dir: Path, window: int) -> None:
+def main(model_dir: Path, discretizer_dir: Path) -> None:
     torch.set_num_threads(1)
     model, _ = load_model(model_dir)
+    window = model.config.window
     discretizer = Discretizer.load(discretizer_dir / "discretizer.json")
     D, action_dim = discretizer.transition_dim, discretizer.observation_dim
     for quality, controller in PENDULUM_POLICIES.items():
