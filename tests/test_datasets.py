@@ -28,7 +28,15 @@ def umaze(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("maze", ["umaze", "medium"])
+def test_maze_layouts_are_the_envs_own_maps():
+    """The expert plans on LAYOUTS while the fixed-goal envs are built from their registered ids:
+    a layout that differs from the env's own walls would send the expert into a wall."""
+    for maze in mazes.EVALUATION_CELLS:
+        env = mazes.make_env(maze, reset_target=False)
+        assert env.unwrapped.maze.maze_map == mazes.LAYOUTS[maze], maze
+
+
+@pytest.mark.parametrize("maze", ["umaze", "medium", "large"])
 def test_pointmaze_expert_reaches_the_evaluation_goal(maze):
     """The data policy itself (noise included) solves the evaluation task in >= 95% of episodes."""
     reached = 0

@@ -42,6 +42,17 @@ LAYOUTS = {
         [1, 0, 0, 0, 1, 0, 0, 1],
         [1, 1, 1, 1, 1, 1, 1, 1],
     ],
+    "large": [
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+        [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1],
+        [1, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 1],
+        [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1],
+        [1, 0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1],
+        [1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1],
+        [1, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 1],
+        [1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1],
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+    ],
     # four 3 x 3 rooms joined by one-cell doorways (the paper's Figure 6 map, scaled down)
     "fourrooms": [
         [1, 1, 1, 1, 1, 1, 1, 1, 1],
@@ -57,15 +68,18 @@ LAYOUTS = {
 }
 GOAL_REACHING_MAZES = ("fourrooms",)
 
-# The fixed evaluation task of each maze (D4RL maze2d style): start cell and goal cell.
+# The fixed evaluation task of each maze (D4RL maze2d style): start cell and goal cell (D4RL's
+# maze2d targets: medium (6, 6), large (7, 9)).
 EVALUATION_CELLS = {
     "umaze": {"reset_cell": (3, 1), "goal_cell": (1, 1)},
     "medium": {"reset_cell": (1, 1), "goal_cell": (6, 6)},
+    "large": {"reset_cell": (1, 1), "goal_cell": (7, 9)},
 }
 
 # gymnasium-robotics takes a custom layout through `maze_map`; it has no id of its own
-ENV_IDS = {"umaze": "PointMaze_UMaze-v3", "medium": "PointMaze_Medium-v3", "fourrooms": "PointMaze_UMaze-v3"}
-EPISODE_STEPS = {"umaze": 300, "medium": 600, "fourrooms": 400}
+ENV_IDS = {"umaze": "PointMaze_UMaze-v3", "medium": "PointMaze_Medium-v3", "large": "PointMaze_Large-v3",
+           "fourrooms": "PointMaze_UMaze-v3"}
+EPISODE_STEPS = {"umaze": 300, "medium": 600, "large": 800, "fourrooms": 400}
 HELD_OUT_PAIRS = 100  # (start, goal) cell pairs kept for evaluation, of the 1,560 in four rooms
 HELD_OUT_SEED = 0
 
