@@ -31,9 +31,15 @@ def umaze(tmp_path_factory):
 def test_maze_layouts_are_the_envs_own_maps():
     """The expert plans on LAYOUTS while the fixed-goal envs are built from their registered ids:
     a layout that differs from the env's own walls would send the expert into a wall."""
-    for maze in mazes.EVALUATION_CELLS:
-        env = mazes.make_env(maze, reset_target=False)
-        assert env.unwrapped.maze.maze_map == mazes.LAYOUTS[maze], maze
+    from gymnasium_robotics.envs.maze import maps
+
+    published = {"umaze": maps.U_MAZE, "medium": maps.MEDIUM_MAZE, "large": maps.LARGE_MAZE}
+    assert set(mazes.EVALUATION_CELLS) == set(published)
+    for maze, layout in published.items():
+        assert mazes.LAYOUTS[maze] == layout, maze
+        assert mazes.make_env(maze, reset_target=False).unwrapped.maze.maze_map == layout, maze
+        goal_row, goal_col = mazes.EVALUATION_CELLS[maze]["goal_cell"]
+        assert layout[goal_row][goal_col] == 0, maze
 
 
 @pytest.mark.parametrize("maze", ["umaze", "medium", "large"])
