@@ -63,7 +63,7 @@ def main(dataset: str, seed: int, data_dir: Path, discretizer_dir: Path, model_d
     params = load_params()
     where = f"datasets.{dataset}"
     dataset_spec = parse(DatasetSpec, section(params, where), where)
-    sequence = parse(SequenceSpec, section(params, "sequence"), "sequence")
+    sequence = parse(SequenceSpec, section(params, "sequence"), "sequence").with_window(dataset_spec.sequence.window)
     train_spec = parse(TrainSpec, section(params, "train"), "train")
     spec = parse(AnalyzeSpec, section(params, "analyze"), "analyze")
     device = resolve_device(spec.device)

@@ -34,7 +34,8 @@ def main(dataset: str, seed: int, data_dir: Path, discretizer_dir: Path, model_d
     params = load_params()
     where = f"datasets.{dataset}"
     dataset_spec = parse(DatasetSpec, section(params, where), where)
-    sequence = parse(SequenceSpec, section(params, "sequence"), "sequence")
+    shared = parse(SequenceSpec, section(params, "sequence"), "sequence")
+    sequence = shared.with_window(dataset_spec.sequence.window)
     spec = parse(TrainSpec, section(params, "train"), "train")
     data = load_dataset(data_dir, discretizer_dir, dataset_spec.observation, sequence, where)
     transitions, discretizer, token_paths = data.transitions, data.discretizer, data.token_paths
@@ -42,15 +43,15 @@ def main(dataset: str, seed: int, data_dir: Path, discretizer_dir: Path, model_d
     if ablation is not None:
         change_where = f"analyze.ablations.{ablation}"
         change = parse(AblationSpec, section(params, change_where), change_where)
-        shorter = change.sequence(sequence)
-        # as many tokens per update as the full model sees, so the ablation is not just undertrained
-        spec.optim.batch_size = spec.optim.batch_size * sequence.window // shorter.window
-        sequence = shorter
+        sequence = change.sequence(sequence)
         if change.hidden_probability > 0:
             observed_dims = change.observed_dims(discretizer.observation_dim)
             transitions = dataclasses.replace(transitions, observations=transitions.observations[:, observed_dims])
             discretizer = discretizer.observing(observed_dims)
         token_paths = tokenize_paths(transitions, discretizer, sequence)
+    # as many tokens per update as the suite's window gives, so that a model on shorter windows
+    # (an ablation, or a dataset that sets its own) is not simply trained less
+    spec.optim.batch_size = spec.optim.batch_size * shared.window // sequence.window
     identity = RunIdentity(
         dataset=dataset,
         dataset_sha256=data.sha256,

@@ -53,3 +53,14 @@ def test_the_model_config_defaults_are_the_params_defaults():
 def test_every_generator_the_params_accept_has_one_registry_entry():
     literal, _none = typing.get_args(typing.get_type_hints(FetchSpec)["generator"])
     assert set(typing.get_args(literal)) == set(GENERATORS)
+
+
+def test_every_dataset_of_every_suite_carries_its_sequence_overrides():
+    """The train stage lists `datasets.<name>.sequence`, and DVC stops on a listed parameter that
+    is missing: every dataset states it (`{}` when it sets nothing), itself or in the suite it extends."""
+    suites = {path.stem: yaml.safe_load(path.read_text()) for path in (ROOT / "conf/suite").glob("*.yaml")}
+    for name, suite in suites.items():
+        bases = [suites[base] for base in suite.get("defaults", []) if base in suites]
+        for dataset, entry in suite["datasets"].items():
+            assert "sequence" in entry or any("sequence" in base["datasets"].get(dataset, {}) for base in bases), \
+                f"{name}: datasets.{dataset}"

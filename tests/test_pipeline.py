@@ -166,6 +166,14 @@ def test_suite_switch_and_incremental_reruns(project):
     assert result.returncode != 0 and "params plan (with datasets.pointmaze-fourrooms.plan).horizon: expected an integer" in result.stderr
     params["datasets"]["pointmaze-fourrooms"]["plan"]["horizon"] = 1
     (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    # one dataset's own window retrains that dataset's model only
+    params["datasets"]["pointmaze-fourrooms"]["sequence"] = {"window": 5}
+    (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ran = project.stages_run()
+    assert ran[0] == "evaluate@pointmaze-fourrooms-quantile-0" and ran[-1] == "train@pointmaze-fourrooms-quantile-0" and len(ran) <= 3
+    config = json.loads((project.path / "models/pointmaze-fourrooms/quantile/seed-0/config.json").read_text())
+    assert config["model_config"]["window"] == 5
     metrics = json.loads((project.path / "reports/evaluate/reacher-medium/quantile/seed-0/metrics.json").read_text())
     assert metrics["episodes"] == 2
     config = json.loads((project.path / "models/reacher-medium/quantile/seed-0/config.json").read_text())

@@ -509,11 +509,21 @@ class ObservationSpec:
 
 
 @dataclass
+class DatasetSequenceSpec:
+    """`datasets.<name>.sequence`: what of the shared `sequence` section this dataset's model
+    sets for itself. Every dataset carries the mapping (`{}` when it sets nothing), so that the
+    train stage can list it as a parameter and retrain only that dataset when it changes."""
+
+    window: Count | None = None  # transitions per training window, instead of `sequence.window`
+
+
+@dataclass
 class DatasetSpec:
     """One entry of `datasets` in params.yaml: where the data come from and how they are read."""
 
     fetch: FetchSpec
     observation: ObservationSpec = dataclasses.field(default_factory=ObservationSpec)
+    sequence: DatasetSequenceSpec = dataclasses.field(default_factory=DatasetSequenceSpec)
     plan: dict = dataclasses.field(default_factory=dict)  # overrides of `plan` for this dataset (the paper's per-dataset settings)
 
 

@@ -6,6 +6,7 @@ such as a fall: a terminal that reaches the task's goal, AntMaze relabeled, keep
 is the discounted reward-to-go from the NEXT step, with no bootstrap at the end of a path.
 """
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,10 @@ class SequenceSpec:
     termination_penalty: float = -100.0
     max_path_length: Count = 1000
     window: Count = 10  # transitions per training window
+
+    def with_window(self, window: int | None) -> "SequenceSpec":
+        """This section as a dataset that sets its own window (`datasets.<name>.sequence`) reads it."""
+        return self if window is None else dataclasses.replace(self, window=window)
 
 
 def path_bounds(transitions: Transitions, max_path_length: int) -> list[tuple[int, int]]:
