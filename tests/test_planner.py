@@ -1,8 +1,10 @@
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from trajectory_transformer.datasets import Transitions
 from trajectory_transformer.discretization import DiscretizeSpec, Discretizer
@@ -250,17 +252,20 @@ def test_a_critic_needs_reward_mode(two_branches):
 
 
 def test_a_single_candidate_executes_a_draw_from_the_models_action_distribution():
-    """The goals suite's MiniGrid setting (horizon 1, one beam, one expansion, no mass rule): the
-    executed first action token is distributed as the model's own prediction, goal and map read,
-    not its most likely token (a deterministic policy loops in a deterministic grid)."""
+    """The goals suite's MiniGrid planner (as conf/suite/goals.yaml composes it: horizon 1, one
+    beam, one expansion, no mass rule): the executed first action token is distributed as the
+    model's own prediction, goal and map read, not its most likely token (a deterministic policy
+    loops in a deterministic grid)."""
+    suite = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf/suite/goals.yaml").read_text())
+    spec = PlannerSpec(**{**suite["plan"], **suite["datasets"]["minigrid-multiroom"]["plan"]})
     model, discretizer, prefix = random_setup(goal_dims=[0, 2], map_shape=[5, 5])
     rows = 4000
     prefix = prefix[:1].expand(rows, -1)
     goal, maps = (t[:1].expand(rows, *t.shape[1:]) for t in goal_and_maps(1))
-    spec = PlannerSpec(mode="likelihood", horizon=1, beam_width=1, n_expand=1, context=3, action_cdf=None)
     drawn = plan(model, discretizer, spec, prefix, torch.Generator().manual_seed(0), goal=goal, maps=maps).actions[:, 0, 0]
     V = model.config.n_bins
-    predicted = make_decoder(model, 3, prefix[:1], cached=False, goal=goal[:1], maps=maps[:1]).logits()[0, 0, 0, :V].softmax(-1)
+    predicted = make_decoder(model, spec.context, prefix[:1], cached=False, goal=goal[:1],
+                             maps=maps[:1]).logits()[0, 0, 0, :V].softmax(-1)
     frequencies = torch.bincount(drawn, minlength=V) / rows
     assert 0.5 * (frequencies - predicted).abs().sum() < 0.05  # total variation; about 0.02 expected by chance
     assert predicted.max() < 0.5  # a test of drawing, not of a model that is nearly deterministic

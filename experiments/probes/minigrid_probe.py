@@ -2,19 +2,21 @@
 and does the planner take the model's preference?
 
 Replays the evaluate stage's episodes of one trained model (its seeds, so the episodes are the
-recorded ones; the successes are checked against the recorded metrics) and at every step sets
-three actions side by side: the one the planner executed, the model's most likely first action
-on the same prefix (the probabilities of all action tokens that decode to each action summed),
-and the data's shortest-path expert's at the same state, computed from the episode's static map
+recorded ones; each episode's success and length are checked against the recording) and at
+every step sets three actions side by side: the one the planner executed, the model's most
+likely first action on the same prefix (the probabilities of all action tokens that decode to
+each action summed), and the data's shortest-path expert's at the same state, computed from the episode's static map
 (walls block, doors do not, as in the generator) and the state's front cell (a closed door ahead
-is opened). The data's own policy agrees with its expert on 0.75 + 0.25 / 4 = 81 % of steps.
-Failed episodes are also described by where they end (the shortest-path distance left) and by
-how much of their last 40 steps revisit a cell and heading already seen.
+is opened). Reported: how often each pair of the three agree, the model's mean probability of
+the expert's action, and its mass on action tokens the data never use. (For comparison, not
+computed: the data's own policy agrees with its expert on 0.75 + 0.25 / 4 = 81 % of steps.)
+Failed episodes are also described by where they end (the shortest-path distance left from the
+final observation) and by how much of their last 40 steps revisit a cell and heading already
+seen.
 
     python experiments/probes/minigrid_probe.py 0
 """
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -115,8 +117,8 @@ def main(seed: int) -> None:
     evaluation.plan, agent.act = recording_plan, recording_act
     records, _ = evaluate(agent, dataset_spec, data_dir, spec, progress=False)
     evaluation.plan = original_plan
-    recorded = json.loads((Path("reports/evaluate") / DATASET / "quantile" / f"seed-{seed}" / "metrics.json").read_text())
-    if summarize(records)["successes"] != recorded["successes"]:
+    recorded = json.loads((Path("reports/evaluate") / DATASET / "quantile" / f"seed-{seed}" / "episodes.json").read_text())
+    if [(r["success"], r["length"]) for r in records] != [(r["success"], r["length"]) for r in recorded["episodes"]]:
         raise click.ClickException("the replay does not reproduce the recorded evaluation: is the workspace at its run?")
 
     layouts = [np.asarray(r["map"]) for r in records]
@@ -140,12 +142,12 @@ def main(seed: int) -> None:
         visits = [(int(s[0]), int(s[1]), int(s[2])) for j, _, _, _, _, _, s in rows if j == i]
         tail = visits[-LOOP_WINDOW:]
         repeated = sum(v in visits[: len(visits) - len(tail) + k] for k, v in enumerate(tail))
-        end, start = visits[-1][:2], visits[0][:2]
+        end, start = tuple(int(v) for v in r["path"][-1]), visits[0][:2]
         failures.append({"episode": i, "start_distance": distance_to_goal(layouts[i], start, goals[i]),
                          "end_distance": distance_to_goal(layouts[i], end, goals[i]),
                          "last_steps_revisiting": round(repeated / len(tail), 2)})
     click.echo(json.dumps({
-        "seed": seed, "successes": recorded["successes"], "steps": len(rows),
+        "seed": seed, "successes": summarize(records)["successes"], "steps": len(rows),
         "executed_is_expert": {name: share(g, lambda row: row[1] == row[3]) for name, g in groups.items()},
         "model_argmax_is_expert": {name: share(g, lambda row: row[2] == row[3]) for name, g in groups.items()},
         "executed_is_model_argmax": {name: share(g, lambda row: row[1] == row[2]) for name, g in groups.items()},
