@@ -5,9 +5,9 @@ Replays the evaluate stage's episodes of one trained model (its seeds, so the ep
 recorded ones; each episode's success and length are checked against the recording) and at
 every step sets three actions side by side: the one the planner executed, the model's most
 likely first action on the same prefix (the probabilities of all action tokens that decode to
-each action summed), and the data's shortest-path expert's at the same state, computed from the episode's static map
-(walls block, doors do not, as in the generator) and the state's front cell (a closed door ahead
-is opened). Reported: how often each pair of the three agree, the model's mean probability of
+each action summed), and the data's shortest-path expert's at the same state, computed from
+the episode's static map (walls block, doors do not, as in the generator) and the state's front
+cell (a closed door ahead is opened). Reported: how often each pair of the three agree, the model's mean probability of
 the expert's action, and its mass on action tokens the data never use. (For comparison, not
 computed: the data's own policy agrees with its expert on 0.75 + 0.25 / 4 = 81 % of steps.)
 Failed episodes are also described by where they end (the shortest-path distance left from the
@@ -95,7 +95,7 @@ def main(seed: int) -> None:
     used_bins = np.isin(np.arange(V), agent.discretizer.tokenize(np.arange(len(gridworld.ACTIONS), dtype=float)[:, None],
                                                                  slice(N, N + 1))[:, 0])
 
-    steps = []  # (env, state, executed, model's most likely, expert, p(expert), mass on unused bins)
+    steps = []  # per step: [env, model's probability of each action, mass on unused bins, state, executed]
     active_rows, original_plan, original_act = [], evaluation.plan, agent.act
 
     def recording_plan(model, discretizer, plan_spec, prefix, generator, goal=None, critic=None, maps=None):
